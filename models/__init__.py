@@ -1,0 +1,3 @@
+from models.patchguard import ModelConfig, PatchGuard
+
+__all__ = ["ModelConfig", "PatchGuard"]

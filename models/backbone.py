@@ -1,0 +1,129 @@
+"""ViT backbone wrapper: patch features from chosen blocks and, on request, their attention maps.
+
+Images enter in [0, 1]; ImageNet normalisation happens here so attacks work in pixel space.
+Attention maps come from forward hooks on `attn_drop`, with timm's fused kernel switched off only on the
+hooked blocks and only while recording, so attacks and evaluation keep the fast path.
+"""
+import contextlib
+import os
+import socket
+from typing import Iterator, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+
+from utils.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def create_vit(name: str, image_size: int, patch_size: Optional[int] = None, weights: Optional[str] = None) -> nn.Module:
+    """Build a timm ViT at `image_size`, randomly initialised (official) unless `weights` is given.
+
+    `weights`: None (random init), a local .pth/.pt/.safetensors file, or "hub" for timm's pretrained download.
+    """
+    kwargs = dict(num_classes=0, img_size=image_size)
+    if patch_size:
+        kwargs["patch_size"] = patch_size
+    if not timm.is_model(name.split(".")[0]):
+        raise UserError(f"unknown backbone '{name}': expected a timm model name such as vit_small_patch14_dinov2")
+    if weights == "hub":
+        _require_network(name)
+        return timm.create_model(name, pretrained=True, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, ValueError) as e:
+        raise UserError(f"cannot build backbone '{name}' at image size {image_size}: {e}") from None
+    if not hasattr(model, "blocks") or not hasattr(model, "forward_intermediates"):
+        raise UserError(f"backbone '{name}' is not a ViT with blocks; expected a timm VisionTransformer")
+    if weights:
+        load_backbone_weights(model, weights)
+    return model
+
+
+def _require_network(name: str, host: str = "huggingface.co", timeout: float = 3.0) -> None:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise UserError(
+            f"cannot reach {host} to download pretrained '{name}'; download its weights elsewhere and pass "
+            f"--backbone_weights /path/to/model.safetensors (or .pth)"
+        ) from None
+
+
+def load_backbone_weights(model: nn.Module, path: str) -> None:
+    """Load a local timm/DINOv2 state dict into `model`, resampling position embeddings when sizes differ."""
+    if not os.path.isfile(path):
+        raise UserError(f"backbone weights file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise UserError(f"cannot read backbone weights {path}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module.").removeprefix("feature_extractor.pretrained_model."): v for k, v in state.items()}
+    from timm.models.vision_transformer import checkpoint_filter_fn
+    state = checkpoint_filter_fn(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head", "fc_norm"))]
+    if missing or unexpected:
+        raise UserError(
+            f"backbone weights {path} do not fit this architecture: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+class FeatureExtractor(nn.Module):
+    """Patch features (B, N, D * len(feature_layers)) from a timm ViT; layer ids are 1-based as in the paper."""
+
+    def __init__(self, backbone: str, image_size: int, feature_layers: Sequence[int], reg_layers: Sequence[int],
+                 patch_size: Optional[int] = None, weights: Optional[str] = None):
+        super().__init__()
+        self.pretrained_model = create_vit(backbone, image_size, patch_size, weights)
+        vit = self.pretrained_model
+        depth = len(vit.blocks)
+        for layer in list(feature_layers) + list(reg_layers):
+            if not 1 <= layer <= depth:
+                raise UserError(f"layer {layer} is out of range for {backbone}: expected 1..{depth}")
+        self.feature_indices = [layer - 1 for layer in feature_layers]
+        self.reg_indices = [layer - 1 for layer in reg_layers]
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.embed_dim = len(self.feature_indices) * vit.embed_dim
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        feats = self.pretrained_model.forward_intermediates(
+            x, indices=self.feature_indices, norm=True, output_fmt="NLC", intermediates_only=True, stop_early=True
+        )  # list of (B, N, D), prefix tokens dropped
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+
+    @contextlib.contextmanager
+    def record_attention(self) -> Iterator[List[torch.Tensor]]:
+        """While active, each forward appends the reg layers' patch-to-patch maps (B, heads, N, N) to the list."""
+        maps: List[torch.Tensor] = []
+        p = self.num_prefix_tokens
+        handles, saved = [], []
+        for i in self.reg_indices:
+            attn = self.pretrained_model.blocks[i].attn
+            saved.append((attn, attn.fused_attn))
+            attn.fused_attn = False
+            handles.append(attn.attn_drop.register_forward_hook(lambda m, inp, out: maps.append(out[:, :, p:, p:])))
+        try:
+            yield maps
+        finally:
+            for h in handles:
+                h.remove()
+            for attn, fused in saved:
+                attn.fused_attn = fused
