@@ -96,6 +96,9 @@ class FeatureExtractor(nn.Module):
         self.reg_indices = [layer - 1 for layer in reg_layers]
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.patch_size = vit.patch_embed.patch_size[0]
+        if image_size % self.patch_size:
+            raise UserError(f"image size {image_size} is not a multiple of {backbone}'s patch size {self.patch_size}; "
+                            f"use e.g. --image_size {image_size // self.patch_size * self.patch_size}")
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.embed_dim = len(self.feature_indices) * vit.embed_dim

@@ -1,0 +1,65 @@
+"""One Dataset over a sample list. Training items carry a pseudo-anomaly made in the DataLoader worker."""
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.images import image_size_of, load_image, load_mask
+from datasets.pseudo_anomaly import PseudoAnomalyGenerator, patch_labels
+from datasets.samples import Sample
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255)
+
+
+class AnomalyDataset(Dataset):
+    """Images decoded and resized once, up front (also surfaces unreadable files before training starts).
+
+    Test items: image (3, S, S) in [0, 1], label, mask (S, S), has_mask, index.
+    Train items (with `generator`): image, pseudo (pseudo-anomalous copy), pseudo_mask, patch_labels (N,), index.
+    The pseudo-anomaly RNG is seeded from (seed, epoch, index): the same item is the same in any worker
+    and after a resume. Call `set_epoch` before each epoch.
+    """
+
+    def __init__(self, samples: List[Sample], image_size: int, patch_size: int,
+                 generator: Optional[PseudoAnomalyGenerator] = None, whole_image_foreground: bool = False,
+                 seed: int = 0):
+        self.samples, self.image_size, self.patch_size = samples, image_size, patch_size
+        self.generator, self.seed, self.epoch = generator, seed, 0
+        self.images = [load_image(s.image, image_size) for s in samples]
+        self.masks = [self._mask(s) for s in samples]
+        use_fg = generator is not None and not whole_image_foreground
+        self.foregrounds = [load_mask(s.foreground, image_size) if use_fg and s.foreground else None
+                            for s in samples]
+
+    def _mask(self, s: Sample) -> Optional[np.ndarray]:
+        if s.mask is None:
+            return None
+        return load_mask(s.mask, self.image_size, expected_size=image_size_of(s.image))
+
+    @property
+    def has_masks(self) -> bool:
+        anomalous = [m for s, m in zip(self.samples, self.masks) if s.label]
+        return bool(anomalous) and all(m is not None for m in anomalous)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]
+        if self.generator is None:
+            mask = self.masks[index]
+            return {"image": to_tensor(image), "label": self.samples[index].label,
+                    "mask": torch.from_numpy(np.array(mask) if mask is not None else
+                                             np.zeros(image.shape[:2], bool)).float(),
+                    "has_mask": mask is not None, "index": index}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        pseudo, pmask = self.generator(image, self.foregrounds[index], rng)
+        return {"image": to_tensor(image), "pseudo": to_tensor(pseudo),
+                "pseudo_mask": torch.from_numpy(pmask).float(),
+                "patch_labels": torch.from_numpy(patch_labels(pmask, self.patch_size)), "index": index}

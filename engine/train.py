@@ -1,0 +1,130 @@
+"""Adversarial training with pseudo-anomalies (official recipe), resumable and interrupt-safe."""
+import csv
+import math
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from attacks import PGD
+from engine.common import autocast, loader, log, resolve_device, train_dataset
+from losses.patchguard_loss import patchguard_loss
+from models.patchguard import PatchGuard
+from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
+from utils.config import RunConfig
+from utils.errors import UserError
+from utils.io import atomic_write, ensure_writable_dir
+from utils.seed import rng_state, seed_everything, set_rng_state
+
+
+def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device) -> float:
+    """One optimiser step on the sum of four official loss terms: clean/adversarial x normal/pseudo-anomaly.
+
+    The two attacks run as one batched PGD, and the four terms as one forward: per-image results are the same
+    as four separate calls, with fewer, larger kernels.
+    """
+    t = cfg.train
+    normal = batch["image"].to(device, non_blocking=True)
+    pseudo = batch["pseudo"].to(device, non_blocking=True)
+    pseudo_labels = batch["patch_labels"].to(device, non_blocking=True)
+    normal_labels = torch.zeros_like(pseudo_labels)
+    b = len(normal)
+    groups = [(normal, normal_labels), (pseudo, pseudo_labels)]
+    if t.adv_train and t.step_train > 0:
+        attack = PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode)
+        with autocast(device, cfg.bf16):
+            adv = attack(torch.cat([normal, pseudo]), torch.cat([normal_labels, pseudo_labels]))
+        groups = [groups[0], (adv[:b], normal_labels), groups[1], (adv[b:], pseudo_labels)]
+    images = torch.cat([g[0] for g in groups])
+    labels = torch.cat([g[1] for g in groups])
+    model.train()
+    with autocast(device, cfg.bf16):
+        if t.use_reg:
+            logits, maps = model.forward_with_attention(images)
+        else:
+            logits, maps = model(images), []
+    loss = sum(patchguard_loss(logits[i:i + b].float(), labels[i:i + b], [m[i:i + b] for m in maps], t.reg_weights)
+               for i in range(0, len(images), b))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def run_train(cfg: RunConfig) -> str:
+    """Train and return the path of the final checkpoint."""
+    ensure_writable_dir(cfg.output_dir)
+    ensure_writable_dir(cfg.checkpoint_dir)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = PatchGuard(cfg.model, cfg.train.backbone_weights).to(device)
+    dataset = train_dataset(cfg, model.patch_size)
+    t = cfg.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_decay_factor)
+    last_path = os.path.join(cfg.checkpoint_dir, "last.pt")
+    start_epoch = 0
+    if t.resume:
+        ckpt = read_checkpoint(last_path)
+        if ckpt.get("config", {}).get("model") != cfg.as_dict()["model"]:
+            raise UserError(f"{last_path} was trained with another model config; resume with the same options")
+        load_state(model, ckpt["model"], last_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch = ckpt["epoch"] + 1
+        log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
+    log.info("model: %s at %dpx, %d patches, %.1fM parameters; device %s", cfg.model.backbone, cfg.model.image_size,
+             model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
+    if t.adv_train:
+        log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode))
+
+    history_path = os.path.join(cfg.output_dir, "train.csv")
+    epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not cfg.tqdm, initial=start_epoch,
+                  total=t.epochs, dynamic_ncols=True)
+    for epoch in epochs:
+        dataset.set_epoch(epoch)
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers, shuffle=True, generator=shuffle_gen)
+        model.train()
+        start, total, count = time.time(), 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not cfg.tqdm,
+                   dynamic_ncols=True)
+        for batch in bar:
+            loss = train_step(model, batch, optimizer, cfg, device)
+            if not math.isfinite(loss):
+                raise UserError(f"loss became {loss} at epoch {epoch + 1}; lower --lr or try without --bf16")
+            total += loss * len(batch["image"])
+            count += len(batch["image"])
+            bar.set_postfix(loss=f"{loss:.3f}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        mean_loss = total / max(count, 1)
+        epochs.set_postfix(loss=f"{mean_loss:.3f}")
+        _append_history(history_path, epoch + 1, mean_loss, lr, time.time() - start)
+        state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state())
+        save_checkpoint(last_path, model, cfg.as_dict(), **state)
+        if t.save_every and (epoch + 1) % t.save_every == 0:
+            save_checkpoint(os.path.join(cfg.checkpoint_dir, f"epoch_{epoch + 1:04d}.pt"), model, cfg.as_dict(),
+                            epoch=epoch)
+        if not cfg.tqdm or (epoch + 1) % max(1, t.epochs // 10) == 0 or epoch + 1 == t.epochs:
+            log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)
+    save_checkpoint(cfg.final_checkpoint, model, cfg.as_dict(), epoch=t.epochs - 1)
+    log.info("saved %s", cfg.final_checkpoint)
+    return cfg.final_checkpoint
+
+
+def _append_history(path: str, epoch: int, loss: float, lr: float, seconds: float) -> None:
+    rows = []
+    if os.path.exists(path) and epoch > 1:
+        with open(path) as f:
+            rows = [r for r in csv.reader(f)][1:]
+        rows = [r for r in rows if int(r[0]) < epoch]  # after a resume, drop epochs that are redone
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", "loss", "lr", "seconds"])
+            w.writerows(rows + [[epoch, f"{loss:.6f}", f"{lr:.6e}", f"{seconds:.2f}"]])
+    atomic_write(path, write)

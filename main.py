@@ -1,0 +1,46 @@
+"""PatchGuard command line: python main.py --mode train|test|visualization|all --dataset D --class_name C ..."""
+import os
+import sys
+
+from utils.errors import UserError
+
+
+def run(cfg) -> None:
+    from engine.common import log, setup_logging
+    from engine.evaluate import run_test
+    from engine.train import run_train
+    from engine.visualize import run_visualization
+    from utils.io import ensure_writable_dir, write_json
+
+    ensure_writable_dir(cfg.output_dir)
+    setup_logging(cfg.output_dir)
+    if cfg.data.dataset == "demo":
+        from datasets.demo import build_demo
+        build_demo(cfg.data.dataset_dir, seed=0)
+    if cfg.mode in ("train", "all"):
+        write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
+        run_train(cfg)
+    if cfg.mode in ("test", "all"):
+        run_test(cfg)
+    if cfg.mode in ("visualization", "all"):
+        run_visualization(cfg)
+    log.info("run directory: %s", cfg.output_dir)
+
+
+def main(argv=None) -> int:
+    try:
+        from utils.config import parse_config
+        cfg = parse_config(argv)
+        run(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the last complete checkpoint (last.pt) stays loadable, continue with --resume",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

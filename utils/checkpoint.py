@@ -1,0 +1,58 @@
+"""Self-describing checkpoints: weights (official key names) + the run config, so test rebuilds the model alone.
+
+Also reads official PatchGuard checkpoints (a bare state dict), whose architecture comes from the command line.
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from models.patchguard import ModelConfig, PatchGuard
+from utils.errors import UserError
+from utils.io import atomic_write
+
+FORMAT = "patchguard-reimpl/1"
+
+
+def save_checkpoint(path: str, model: PatchGuard, config: dict, **extra) -> None:
+    payload = {"format": FORMAT, "model": model.state_dict(), "config": config, **extra}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path} (train first, or pass --checkpoint / --checkpoint_dir)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a PatchGuard checkpoint (expected a dict)")
+    return ckpt
+
+
+def load_model(path: str, fallback: ModelConfig) -> Tuple[PatchGuard, Optional[dict]]:
+    """Model from our checkpoint (its own config) or from an official one (architecture from `fallback`)."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") == FORMAT:
+        cfg, state, run_config = ModelConfig.from_dict(ckpt["config"]["model"]), ckpt["model"], ckpt["config"]
+    elif any(k.startswith("feature_extractor.pretrained_model.") for k in ckpt):
+        cfg, state, run_config = fallback, ckpt, None
+    else:
+        raise UserError(f"{path} is neither one of our checkpoints nor an official PatchGuard state dict")
+    model = PatchGuard(cfg)
+    load_state(model, state, path)
+    return model, run_config
+
+
+def load_state(model: torch.nn.Module, state: dict, path: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} with other shapes"
+                  + (f" (e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})" if wrong else ""))
+        raise UserError(f"checkpoint {path} is for another architecture than {model.cfg.backbone} at "
+                        f"{model.cfg.image_size}px: {detail}; pass the matching --backbone/--image_size")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,206 @@
+"""Command line -> frozen dataclasses, built once. eps values are given in 1/255 units and converted here."""
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from models.patchguard import ModelConfig
+from utils.errors import UserError
+
+MODES = ("train", "test", "visualization", "all")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mvtec"
+    class_name: str = ""
+    dataset_dir: str = ""
+    foreground_dir: Optional[str] = None
+    foreground: str = "auto"          # auto: masks when present, else whole image; none: whole image
+    min_patch_size: Optional[int] = None  # None: the class's official lower bound
+    train_batch_size: int = 16
+    test_batch_size: int = 4
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1000
+    lr: float = 8e-4
+    lr_decay_factor: float = 0.0125
+    weight_decay: float = 0.01        # torch AdamW default, as the official code (its --wd is never used)
+    adv_train: bool = True
+    epsilon_train: float = 8 / 255
+    step_train: int = 10
+    attack_mode: str = "train"        # model mode during training attacks (official: train, dropout on)
+    use_reg: bool = True
+    reg_weights: Tuple[float, ...] = (0.005, 0.01, 0.05)
+    save_every: int = 50
+    resume: bool = False
+    backbone_weights: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    adv_test: bool = True
+    epsilon_test: Tuple[float, ...] = (8 / 255,)
+    step_test: int = 10
+    random_start: bool = False
+    restarts: int = 1
+    epsilon_visualization: float = 8 / 255
+    step_visualization: int = 10
+    num_visualization: int = 8
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    mode: str
+    output_dir: str
+    checkpoint_dir: str
+    checkpoint: Optional[str]
+    device: str
+    bf16: bool
+    seed: int
+    tqdm: bool
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def final_checkpoint(self) -> str:
+        return os.path.join(self.checkpoint_dir, f"patchguard_{self.data.dataset}_{self.data.class_name}.pth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="PatchGuard: adversarially robust anomaly detection and localization with ViTs and pseudo anomalies.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="JSON file of option defaults (keys = option names); the command line wins")
+    g = p.add_argument_group("run")
+    g.add_argument("--mode", choices=MODES, default="train")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    g.add_argument("--output_dir", help="run directory (default runs/<dataset>/<class_name>)")
+    g.add_argument("--checkpoint_dir", help="where checkpoints go (default <output_dir>/checkpoints)")
+    g.add_argument("--checkpoint", help="checkpoint to test/visualize (default <checkpoint_dir>/patchguard_<dataset>_<class>.pth)")
+    g.add_argument("--no_tqdm", action="store_false", dest="tqdm")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mvtec")
+    g.add_argument("--class_name", default=None)
+    g.add_argument("--dataset_dir", default=None)
+    g.add_argument("--foreground_dir", help="folder of foreground masks named like the training images")
+    g.add_argument("--foreground", choices=("auto", "none"), default="auto",
+                   help="auto: use foreground masks when present, else the whole image; none: whole image")
+    g.add_argument("--min_patch_size", type=int, help="pseudo-anomaly lower bound in px (default: official per class)")
+    g.add_argument("--train_batch_size", type=int, default=16)
+    g.add_argument("--test_batch_size", type=int, default=4)
+    g.add_argument("--num_workers", type=int, default=2)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", "--hf_path", dest="backbone", default="vit_small_patch14_dinov2",
+                   help="any timm ViT name")
+    g.add_argument("--backbone_weights", help="local .pth/.safetensors backbone weights, or 'hub' (needs internet); "
+                                              "default: random init as the official code")
+    g.add_argument("--image_size", type=int, default=224)
+    g.add_argument("--patch_size", type=int, help="override the backbone's patch size (random init only)")
+    g.add_argument("--feature_layers", type=int, nargs="+", default=[12], help="1-based block ids for features")
+    g.add_argument("--reg_layers", type=int, nargs="+", default=[6, 9, 12], help="1-based block ids for the KL term")
+    g.add_argument("--hidden_dim", type=int, default=2048)
+    g.add_argument("--dsc_layers", type=int, default=1)
+    g.add_argument("--dsc_heads", type=int, default=4)
+    g.add_argument("--top_k", type=int, default=3)
+    g.add_argument("--smoothing_sigma", type=float, default=6)
+    g.add_argument("--smoothing_radius", type=int, default=7)
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=1000)
+    g.add_argument("--lr", type=float, default=8e-4)
+    g.add_argument("--lr_decay_factor", type=float, default=0.0125, help="cosine schedule ends at lr * this")
+    g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--no_adv_train", action="store_false", dest="adv_train")
+    g.add_argument("--epsilon_train", type=float, default=8, help="in 1/255 units")
+    g.add_argument("--step_train", type=int, default=10)
+    g.add_argument("--train_attack_mode", choices=("train", "eval"), default="train",
+                   help="model mode while attacking during training (official: train, dropout on)")
+    g.add_argument("--no_reg", action="store_false", dest="use_reg")
+    g.add_argument("--reg_weights", type=float, nargs="+", default=[0.005, 0.01, 0.05], help="one per --reg_layers")
+    g.add_argument("--save_every", type=int, default=50, help="keep a numbered checkpoint every N epochs")
+    g.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--no_adv_test", action="store_false", dest="adv_test")
+    g.add_argument("--epsilon_test", type=float, nargs="+", default=[8], help="in 1/255 units")
+    g.add_argument("--step_test", type=int, default=10)
+    g.add_argument("--random_start", action="store_true")
+    g.add_argument("--restarts", type=int, default=1)
+    g.add_argument("--epsilon_visualization", type=float, default=8)
+    g.add_argument("--step_visualization", type=int, default=10)
+    g.add_argument("--num_visualization", type=int, default=8)
+    return p
+
+
+def parse_config(argv=None) -> RunConfig:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                defaults = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read config file {pre.config}: {e}") from None
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(defaults) - valid)
+        if unknown:
+            raise UserError(f"unknown keys in {pre.config}: {', '.join(unknown)}")
+        parser.set_defaults(**defaults)
+    return config_from_args(parser.parse_args(argv))
+
+
+def _positive(name: str, value) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"--{name} must be positive, got {value}")
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    if not a.class_name:
+        raise UserError("--class_name is required (use the class folder name, e.g. bottle)")
+    if not a.dataset_dir:
+        raise UserError("--dataset_dir is required (the folder that holds the class folders)")
+    for name in ("image_size", "epochs", "train_batch_size", "test_batch_size", "top_k", "restarts"):
+        _positive(name, getattr(a, name))
+    if a.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0, got {a.num_workers}")
+    if a.use_reg and len(a.reg_weights) != len(a.reg_layers):
+        raise UserError(f"--reg_weights has {len(a.reg_weights)} values but --reg_layers has {len(a.reg_layers)}")
+    for eps in list(a.epsilon_test) + [a.epsilon_train, a.epsilon_visualization]:
+        if not 0 <= eps <= 255:
+            raise UserError(f"epsilon {eps} is outside [0, 255] (values are in 1/255 units)")
+    output_dir = a.output_dir or os.path.join("runs", a.dataset, a.class_name)
+    model = ModelConfig(
+        backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
+        feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers), hidden_dim=a.hidden_dim,
+        dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads, top_k=a.top_k,
+        smoothing_sigma=a.smoothing_sigma, smoothing_radius=a.smoothing_radius)
+    return RunConfig(
+        mode=a.mode, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir or os.path.join(output_dir, "checkpoints"),
+        checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm, model=model,
+        data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
+                        foreground_dir=a.foreground_dir, foreground=a.foreground, min_patch_size=a.min_patch_size,
+                        train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
+                        num_workers=a.num_workers),
+        train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
+                          adv_train=a.adv_train, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
+                          attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
+                          save_every=a.save_every, resume=a.resume, backbone_weights=a.backbone_weights),
+        eval=EvalConfig(adv_test=a.adv_test, epsilon_test=tuple(e / 255 for e in a.epsilon_test),
+                        step_test=a.step_test, random_start=a.random_start, restarts=a.restarts,
+                        epsilon_visualization=a.epsilon_visualization / 255, step_visualization=a.step_visualization,
+                        num_visualization=a.num_visualization))
