@@ -49,7 +49,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def run_train(cfg: RunConfig) -> str:

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from attacks import PGD, patch_margin_loss
+
+
+def test_margin_loss_hand_values():
+    logits = torch.tensor([[1.0, 3.0, -2.0, 0.0], [2.0, 4.0, 6.0, 8.0]])
+    labels = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(patch_margin_loss(logits, labels), torch.tensor([2.0 - (-1.0), 5.0]))
+
+
+@pytest.mark.parametrize("random_start,restarts", [(False, 1), (True, 1), (True, 2)])
+def test_pgd_stays_in_ball_and_range_and_raises_loss(tiny_model, random_start, restarts):
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32)
+    x[0, :, :4] = 0.0
+    x[0, :, 4:8] = 1.0  # pixels on the box edges
+    labels = torch.zeros(3, 16)
+    labels[1, :5] = 1
+    eps = 4 / 255
+    attack = PGD(tiny_model, eps=eps, steps=5, random_start=random_start, restarts=restarts, seed=0)
+    adv = attack(x, labels)
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        before = patch_margin_loss(tiny_model(x), labels)
+        after = patch_margin_loss(tiny_model(adv), labels)
+    assert (after > before).all()
+    report = attack.last_report
+    assert report.ok and report.images == 3 and report.nan_count == 0
+    assert report.max_delta == pytest.approx(float((adv - x).abs().max()))
+
+
+def test_pgd_touches_no_parameter_gradients_and_restores_mode(tiny_model):
+    tiny_model.train()
+    PGD(tiny_model, eps=8 / 255, steps=2, model_mode="eval")(torch.rand(2, 3, 32, 32), torch.zeros(2, 16))
+    assert tiny_model.training
+    assert all(p.grad is None for p in tiny_model.parameters())
+    tiny_model.eval()
+    seen = []
+    hook = tiny_model.discriminator.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    PGD(tiny_model, eps=8 / 255, steps=2, model_mode="train")(torch.rand(2, 3, 32, 32), torch.zeros(2, 16))
+    hook.remove()
+    assert seen == [True, True] and not tiny_model.training
+
+
+def test_official_step_size_and_repr(tiny_model):
+    attack = PGD(tiny_model, eps=8 / 255, steps=10)
+    assert attack.alpha == pytest.approx(2.5 * (8 / 255) / 10)
+    assert "eps=8/255" in repr(attack) and "steps=10" in repr(attack)
+
+
+def test_zero_eps_returns_input(tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(PGD(tiny_model, eps=0.0, steps=3)(x, torch.zeros(2, 16)), x)

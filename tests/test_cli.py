@@ -1,0 +1,148 @@
+"""End-to-end runs through main.main on small real data, resume, interrupts, and every user error."""
+import errno
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import main as cli
+from tests.conftest import FIXTURE, MPDD
+
+TINY = ["--backbone", "test_vit", "--feature_layers", "6", "--reg_layers", "2", "4", "6", "--image_size", "32",
+        "--patch_size", "8", "--hidden_dim", "64", "--device", "cpu", "--num_workers", "0", "--no_tqdm"]
+
+
+def run(*args):
+    return cli.main(list(args))
+
+
+def demo_args(demo_root, out, *extra):
+    return ["--dataset", "demo", "--class_name", "widget", "--dataset_dir", demo_root, "--output_dir", str(out),
+            *TINY, "--train_batch_size", "16", "--step_train", "1", *extra]
+
+
+@pytest.mark.skipif(not os.path.isdir(MPDD), reason="shared data not present")
+def test_end_to_end_on_mpdd_metal_plate(tmp_path):
+    out = tmp_path / "run"
+    args = ["--dataset", "mpdd", "--class_name", "metal_plate", "--dataset_dir", MPDD, "--output_dir", str(out),
+            *TINY, "--epochs", "1", "--train_batch_size", "16", "--step_train", "1", "--test_batch_size", "32",
+            "--epsilon_test", "2", "8", "--step_test", "2", "--num_visualization", "3"]
+    assert run("--mode", "train", *args) == 0
+    ckpt = out / "checkpoints" / "patchguard_mpdd_metal_plate.pth"
+    assert ckpt.exists() and (out / "checkpoints" / "last.pt").exists() and (out / "train.csv").exists()
+    assert json.loads((out / "config.json").read_text())["model"]["backbone"] == "test_vit"
+    assert run("--mode", "test", *args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 97 and metrics["num_anomalous"] == 71
+    settings = metrics["settings"]
+    assert [s["attack"] for s in settings] == ["none", "pgd", "pgd"]
+    assert [round(s.get("eps_255", 0)) for s in settings] == [0, 2, 8]
+    for s in settings:
+        assert 0 <= s["image_auroc"] <= 1 and 0 <= s["pixel_auroc"] <= 1
+    for s in settings[1:]:
+        assert s["checks"]["ok"] and s["checks"]["max_abs_delta"] <= s["eps"] + 1e-6
+    assert run("--mode", "visualization", *args) == 0
+    assert len(list((out / "visualization").glob("*.png"))) == 3
+    assert "PGD-2 eps 8/255" in (out / "log.txt").read_text()
+
+
+def test_headct_like_set_without_masks_gives_image_metrics_only(tmp_path, demo_root):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(demo_root, "widget"), data / "widget")
+    shutil.rmtree(data / "widget" / "ground_truth")
+    out = tmp_path / "run"
+    assert run("--mode", "all", *demo_args(str(data), out, "--epochs", "1", "--step_test", "1",
+                                           "--num_visualization", "2")) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert all("pixel_auroc" not in s and "image_auroc" in s for s in settings)
+
+
+def test_resume_gives_the_same_weights(tmp_path, demo_root, monkeypatch):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run("--mode", "train", *demo_args(demo_root, full, "--epochs", "2", "--seed", "3")) == 0
+
+    import engine.train as train_mod
+    real_step, calls = train_mod.train_step, {"n": 0}
+
+    def interrupt_in_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 steps per epoch: epoch 1 completes, epoch 2 is cut short
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+    monkeypatch.setattr(train_mod, "train_step", interrupt_in_second_epoch)
+    assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3")) == 2
+    last = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 0
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3", "--resume")) == 0
+    a = torch.load(full / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]
+    b = torch.load(part / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    assert (part / "train.csv").read_text().count("\n") == 3  # header + 2 epochs, none repeated
+
+
+def one_line_error(capsys, code, pattern):
+    import re
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, demo_root, capsys):
+    base = ["--mode", "train", "--output_dir", str(tmp_path / "o"), *TINY, "--epochs", "1"]
+    one_line_error(capsys, run(*base, "--dataset", "mvtec", "--class_name", "bottle",
+                               "--dataset_dir", str(tmp_path / "nowhere")), "dataset folder not found")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, run(*base, "--dataset", "mvtec", "--class_name", "bottle",
+                               "--dataset_dir", str(tmp_path / "empty")), r"class 'bottle' not found.*bottle/train/good")
+    one_line_error(capsys, run(*base, "--dataset", "imagenet", "--class_name", "x", "--dataset_dir", demo_root),
+                   "unknown dataset 'imagenet'.*mvtec")
+    one_line_error(capsys, run(*base, "--dataset", "mvtec", "--class_name", "bottel", "--dataset_dir", demo_root),
+                   "unknown class 'bottel'.*bottle")
+    one_line_error(capsys, run(*demo_args(demo_root, tmp_path / "o", "--image_size", "36")), "not a multiple of")
+    one_line_error(capsys, run(*demo_args(demo_root, tmp_path / "o", "--backbone", "resnet_nonsense")),
+                   "unknown backbone")
+    one_line_error(capsys, run(*demo_args(demo_root, tmp_path / "o", "--backbone_weights", str(tmp_path / "w.pth"))),
+                   "backbone weights file not found")
+
+
+def test_unreadable_image(tmp_path, demo_root, capsys):
+    shutil.copytree(os.path.join(demo_root, "widget"), tmp_path / "d" / "widget")
+    (tmp_path / "d" / "widget" / "train" / "good" / "999.png").write_bytes(b"\x89PNG garbage")
+    one_line_error(capsys, run("--mode", "train", *demo_args(str(tmp_path / "d"), tmp_path / "o", "--epochs", "1")),
+                   r"cannot read image .*999.png")
+
+
+@pytest.mark.skipif(not os.path.isdir(FIXTURE), reason="official fixture not present")
+def test_checkpoint_from_another_architecture(tmp_path, demo_root, capsys):
+    code = run("--mode", "test", *demo_args(demo_root, tmp_path / "o"),
+               "--checkpoint", os.path.join(FIXTURE, "patchguard_tiny.pth"))
+    one_line_error(capsys, code, "another architecture than test_vit")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    one_line_error(capsys, run("--mode", "test", *demo_args(demo_root, tmp_path / "o"),
+                               "--checkpoint", str(tmp_path / "junk.pth")), "cannot read checkpoint")
+
+
+def test_unwritable_output_folder(tmp_path, demo_root, capsys):
+    (tmp_path / "file").write_text("x")
+    one_line_error(capsys, run("--mode", "train", *demo_args(demo_root, tmp_path / "file" / "run")),
+                   "not writable")
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, demo_root, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1")) == 0
+    final = out / "checkpoints" / "patchguard_demo_widget.pth"
+    before = final.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    one_line_error(capsys, run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1")), "disk is full")
+    assert final.read_bytes() == before
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
