@@ -5,26 +5,46 @@ import sys
 from utils.errors import UserError
 
 
-def run(cfg) -> None:
+def run_class(cfg) -> dict:
+    """One class: the modes asked for, in order. Returns the test metrics when tested."""
     from engine.common import log, setup_logging
     from engine.evaluate import run_test
+    from engine.foreground_report import run_foreground_report
     from engine.train import run_train
     from engine.visualize import run_visualization
     from utils.io import ensure_writable_dir, write_json
 
     ensure_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir)
-    if cfg.data.dataset == "demo":
-        from datasets.demo import build_demo
-        build_demo(cfg.data.dataset_dir, seed=0)
+    results = {}
+    if cfg.mode == "foreground":
+        run_foreground_report(cfg)
     if cfg.mode in ("train", "all"):
         write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
         run_train(cfg)
     if cfg.mode in ("test", "all"):
-        run_test(cfg)
+        results = run_test(cfg)
     if cfg.mode in ("visualization", "all"):
         run_visualization(cfg)
     log.info("run directory: %s", cfg.output_dir)
+    return results
+
+
+def run(cfg) -> None:
+    if cfg.use_data_prep:
+        from download_data import download_dataset
+        download_dataset(cfg.data.dataset, cfg.data.dataset_dir)
+    if cfg.use_weight_prep:
+        from download_weight import download_weights
+        download_weights(cfg.data.dataset, cfg.data.class_name, cfg.checkpoints)
+    if cfg.data.dataset == "demo":
+        from datasets.demo import build_demo
+        build_demo(cfg.data.dataset_dir, seed=0)
+    if cfg.data.class_name != "all":
+        run_class(cfg)
+        return
+    from engine.summary import run_all_classes
+    run_all_classes(cfg, run_class)
 
 
 def main(argv=None) -> int:
@@ -36,7 +56,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; the last complete checkpoint (last.pt) stays loadable, continue with --resume",
+        print("error: interrupted; the last complete checkpoint (*_last.pth) stays loadable, continue with --resume",
               file=sys.stderr)
         return 2
     return 0

@@ -70,11 +70,17 @@ class PGD:
 
     def __call__(self, images: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
+        # frozen parameters: autograd then keeps no tensors for weight gradients it would never compute
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.model_mode is not None:
             self.model.train(self.model_mode == "train")
         try:
+            for p in trainable:
+                p.requires_grad_(False)
             return self._attack(images.detach(), patch_labels.detach())
         finally:
+            for p in trainable:
+                p.requires_grad_(True)
             self.model.train(was_training)
 
     def _attack(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from datasets.images import image_size_of, load_image, load_mask
 from datasets.pseudo_anomaly import PseudoAnomalyGenerator, patch_labels
 from datasets.samples import Sample
+from utils.errors import UserError
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -25,14 +26,26 @@ class AnomalyDataset(Dataset):
 
     def __init__(self, samples: List[Sample], image_size: int, patch_size: int,
                  generator: Optional[PseudoAnomalyGenerator] = None, whole_image_foreground: bool = False,
-                 seed: int = 0):
-        self.samples, self.image_size, self.patch_size = samples, image_size, patch_size
+                 seed: int = 0, skip_corrupt: bool = False):
+        self.image_size, self.patch_size = image_size, patch_size
         self.generator, self.seed, self.epoch = generator, seed, 0
-        self.images = [load_image(s.image, image_size) for s in samples]
-        self.masks = [self._mask(s) for s in samples]
-        use_fg = generator is not None and not whole_image_foreground
-        self.foregrounds = [load_mask(s.foreground, image_size) if use_fg and s.foreground else None
-                            for s in samples]
+        self.use_foreground = generator is not None and not whole_image_foreground
+        self.samples, self.images, self.masks, self.foregrounds, self.skipped = [], [], [], [], []
+        for s in samples:
+            try:
+                image, mask = load_image(s.image, image_size), self._mask(s)
+                fg = load_mask(s.foreground, image_size) if self.use_foreground and s.foreground else None
+            except UserError as e:
+                if not skip_corrupt:
+                    raise
+                self.skipped.append((s.image, str(e)))
+                continue
+            self.samples.append(s)
+            self.images.append(image)
+            self.masks.append(mask)
+            self.foregrounds.append(fg)
+        if not self.samples:
+            raise UserError(f"no readable images among {len(samples)} (first: {samples[0].image if samples else '-'})")
 
     def _mask(self, s: Sample) -> Optional[np.ndarray]:
         if s.mask is None:

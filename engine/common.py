@@ -3,6 +3,8 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import replace
+from typing import List, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -10,7 +12,8 @@ from torch.utils.data import DataLoader
 from datasets import registry
 from datasets.dataset import AnomalyDataset
 from datasets.pseudo_anomaly import PseudoAnomalyGenerator
-from datasets.samples import make_samples
+from datasets.foreground import default_cache_dir, foreground_for
+from datasets.samples import FolderSpec, Sample, make_samples
 from utils.config import RunConfig
 
 log = logging.getLogger("patchguard")
@@ -42,22 +45,51 @@ def autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
+def samples(cfg: RunConfig, split: str) -> List[Sample]:
+    d = cfg.data
+    folder = None
+    if d.dataset == "folder":
+        folder = FolderSpec(d.normal_dir, d.abnormal_dir, d.mask_dir, d.normal_test_dir, seed=cfg.seed)
+    return make_samples(d.dataset, d.dataset_dir, d.class_name, split, d.foreground_dir, d.visa_split, folder)
+
+
+def whole_image_foreground(cfg: RunConfig) -> bool:
+    return cfg.data.foreground == "none" or registry.uses_whole_image(cfg.data.dataset, cfg.data.class_name)
+
+
+def with_estimated_foreground(items: List[Sample], cache_dir: Optional[str]) -> List[Sample]:
+    """Fill in estimated (cached) foreground masks where none was given."""
+    todo = [s for s in items if s.foreground is None]
+    if todo:
+        log.info("estimating foreground masks for %d images (cache: %s)", len(todo), cache_dir or default_cache_dir())
+    return [s if s.foreground else replace(s, foreground=foreground_for(s.image, cache_dir)) for s in items]
+
+
+def _report_skipped(dataset: AnomalyDataset) -> AnomalyDataset:
+    if dataset.skipped:
+        log.warning("skipped %d unreadable images: %s", len(dataset.skipped),
+                    "; ".join(f"{p} ({e})" for p, e in dataset.skipped[:10]))
+    return dataset
+
+
 def train_dataset(cfg: RunConfig, patch_size: int) -> AnomalyDataset:
     d = cfg.data
-    samples = make_samples(d.dataset, d.dataset_dir, d.class_name, "train", d.foreground_dir)
-    whole = d.foreground == "none" or registry.uses_whole_image(d.dataset, d.class_name)
+    items = samples(cfg, "train")
+    whole = whole_image_foreground(cfg)
+    given = sum(s.foreground is not None for s in items)
+    if not whole and d.foreground == "auto" and given < len(items):
+        items = with_estimated_foreground(items, d.cache_dir)
     min_size = d.min_patch_size or registry.min_patch_size(d.dataset, d.class_name)
-    n_fg = sum(s.foreground is not None for s in samples)
-    log.info("train: %d normal images; foreground masks: %s; pseudo-anomaly min size %d px", len(samples),
-             "whole image" if whole or not n_fg else f"{n_fg}/{len(samples)}", min_size)
-    return AnomalyDataset(samples, cfg.model.image_size, patch_size, PseudoAnomalyGenerator(min_size),
-                          whole_image_foreground=whole, seed=cfg.seed)
+    log.info("train: %d normal images; foreground: %s; pseudo-anomaly min size %d px", len(items),
+             "whole image" if whole else f"{given} given, {len(items) - given} estimated", min_size)
+    return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, PseudoAnomalyGenerator(min_size),
+                                          whole_image_foreground=whole, seed=cfg.seed,
+                                          skip_corrupt=d.on_corrupt == "skip"))
 
 
 def test_dataset(cfg: RunConfig, image_size: int, patch_size: int) -> AnomalyDataset:
-    d = cfg.data
-    samples = make_samples(d.dataset, d.dataset_dir, d.class_name, "test")
-    return AnomalyDataset(samples, image_size, patch_size)
+    return _report_skipped(AnomalyDataset(samples(cfg, "test"), image_size, patch_size,
+                                          skip_corrupt=cfg.data.on_corrupt == "skip"))
 
 
 def loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, generator=None) -> DataLoader:

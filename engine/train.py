@@ -55,7 +55,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device
 def run_train(cfg: RunConfig) -> str:
     """Train and return the path of the final checkpoint."""
     ensure_writable_dir(cfg.output_dir)
-    ensure_writable_dir(cfg.checkpoint_dir)
+    ensure_writable_dir(cfg.checkpoints)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model = PatchGuard(cfg.model, cfg.train.backbone_weights).to(device)
@@ -63,7 +63,7 @@ def run_train(cfg: RunConfig) -> str:
     t = cfg.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_decay_factor)
-    last_path = os.path.join(cfg.checkpoint_dir, "last.pt")
+    last_path = cfg.last_checkpoint
     start_epoch = 0
     if t.resume:
         ckpt = read_checkpoint(last_path)
@@ -106,7 +106,7 @@ def run_train(cfg: RunConfig) -> str:
         state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state())
         save_checkpoint(last_path, model, cfg.as_dict(), **state)
         if t.save_every and (epoch + 1) % t.save_every == 0:
-            save_checkpoint(os.path.join(cfg.checkpoint_dir, f"epoch_{epoch + 1:04d}.pt"), model, cfg.as_dict(),
+            save_checkpoint(cfg.checkpoint_file(f"_epoch{epoch + 1:04d}"), model, cfg.as_dict(),
                             epoch=epoch)
         if not cfg.tqdm or (epoch + 1) % max(1, t.epochs // 10) == 0 or epoch + 1 == t.epochs:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)

@@ -34,3 +34,9 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     build_demo(str(root))
     return str(root)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Estimated foreground masks go to a temporary cache, never to the user's."""
+    monkeypatch.setenv("PATCHGUARD_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

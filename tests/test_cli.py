@@ -31,7 +31,7 @@ def test_end_to_end_on_mpdd_metal_plate(tmp_path):
             "--epsilon_test", "2", "8", "--step_test", "2", "--num_visualization", "3"]
     assert run("--mode", "train", *args) == 0
     ckpt = out / "checkpoints" / "patchguard_mpdd_metal_plate.pth"
-    assert ckpt.exists() and (out / "checkpoints" / "last.pt").exists() and (out / "train.csv").exists()
+    assert ckpt.exists() and (out / "checkpoints" / "patchguard_mpdd_metal_plate_last.pth").exists() and (out / "train.csv").exists()
     assert json.loads((out / "config.json").read_text())["model"]["backbone"] == "test_vit"
     assert run("--mode", "test", *args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -73,7 +73,7 @@ def test_resume_gives_the_same_weights(tmp_path, demo_root, monkeypatch):
         return real_step(*a, **k)
     monkeypatch.setattr(train_mod, "train_step", interrupt_in_second_epoch)
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3")) == 2
-    last = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
+    last = torch.load(part / "checkpoints" / "patchguard_demo_widget_last.pth", weights_only=False)
     assert last["epoch"] == 0
     monkeypatch.setattr(train_mod, "train_step", real_step)
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3", "--resume")) == 0
@@ -146,3 +146,23 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, demo_root, capsys, monkey
     one_line_error(capsys, run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1")), "disk is full")
     assert final.read_bytes() == before
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_class_all_writes_summary_and_foreground_mode(tmp_path, demo_root):
+    data = tmp_path / "data"
+    for name in ("bottle", "screw"):
+        shutil.copytree(os.path.join(demo_root, "widget"), data / name)
+        shutil.rmtree(data / name / "train" / "foreground_mask")  # estimated instead
+    out = tmp_path / "runs"
+    args = ["--dataset", "mvtec", "--class_name", "all", "--dataset_dir", str(data), "--output_dir", str(out),
+            *TINY, "--epochs", "1", "--step_train", "1", "--step_test", "1", "--epsilon_test", "8"]
+    assert run("--mode", "train", *args) == 0
+    assert run("--mode", "test", *args) == 0
+    lines = (out / "summary.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("class,clean image_auroc,clean pixel_auroc,PGD-1 eps 8/255 image_auroc")
+    assert [l.split(",")[0] for l in lines[1:]] == ["bottle", "screw", "mean"]
+    assert (out / "summary.md").exists() and (out / "bottle" / "metrics.json").exists()
+    assert run("--mode", "foreground", *args[:-8], "--class_name", "bottle", "--output_dir", str(out / "fg")) == 0
+    assert (out / "fg" / "foreground" / "grid.png").exists()
+    report = json.loads((out / "fg" / "foreground" / "foreground.json").read_text())
+    assert report["test_anomalies"] == 24 and report["mean_defect_coverage"] > 0.9

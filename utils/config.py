@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 from models.patchguard import ModelConfig
 from utils.errors import UserError
 
-MODES = ("train", "test", "visualization", "all")
+MODES = ("train", "test", "visualization", "all", "foreground")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,14 @@ class DataConfig:
     class_name: str = ""
     dataset_dir: str = ""
     foreground_dir: Optional[str] = None
-    foreground: str = "auto"          # auto: masks when present, else whole image; none: whole image
+    foreground: str = "auto"          # auto: given masks, else estimated ones; none: whole image
+    cache_dir: Optional[str] = None   # estimated foreground masks (default ~/.cache/patchguard)
+    visa_split: str = "csv"           # csv: split_csv/1cls.csv; foreground: official rule
+    on_corrupt: str = "stop"          # stop or skip unreadable images
+    normal_dir: Optional[str] = None  # --dataset folder
+    abnormal_dir: Optional[str] = None
+    mask_dir: Optional[str] = None
+    normal_test_dir: Optional[str] = None
     min_patch_size: Optional[int] = None  # None: the class's official lower bound
     train_batch_size: int = 16
     test_batch_size: int = 4
@@ -58,12 +65,14 @@ class EvalConfig:
 class RunConfig:
     mode: str
     output_dir: str
-    checkpoint_dir: str
+    checkpoint_dir: Optional[str]     # None: <output_dir>/checkpoints
     checkpoint: Optional[str]
     device: str
     bf16: bool
     seed: int
     tqdm: bool
+    use_data_prep: bool = False
+    use_weight_prep: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -73,8 +82,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or os.path.join(self.output_dir, "checkpoints")
+
+    def checkpoint_file(self, suffix: str = "") -> str:
+        """<checkpoints>/patchguard_<dataset>_<class><suffix>.pth; the plain name is the official final one."""
+        return os.path.join(self.checkpoints, f"patchguard_{self.data.dataset}_{self.data.class_name}{suffix}.pth")
+
+    @property
     def final_checkpoint(self) -> str:
-        return os.path.join(self.checkpoint_dir, f"patchguard_{self.data.dataset}_{self.data.class_name}.pth")
+        return self.checkpoint_file()
+
+    @property
+    def last_checkpoint(self) -> str:
+        return self.checkpoint_file("_last")
+
+    def for_class(self, class_name: str, output_dir: str) -> "RunConfig":
+        return dataclasses.replace(self, output_dir=output_dir, data=dataclasses.replace(self.data, class_name=class_name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint_dir", help="where checkpoints go (default <output_dir>/checkpoints)")
     g.add_argument("--checkpoint", help="checkpoint to test/visualize (default <checkpoint_dir>/patchguard_<dataset>_<class>.pth)")
     g.add_argument("--no_tqdm", action="store_false", dest="tqdm")
+    g.add_argument("--use_data_prep", action="store_true", help="download the dataset and masks into --dataset_dir first")
+    g.add_argument("--use_weight_prep", action="store_true",
+                   help="download the official checkpoint into --checkpoint_dir first")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="mvtec")
@@ -98,7 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset_dir", default=None)
     g.add_argument("--foreground_dir", help="folder of foreground masks named like the training images")
     g.add_argument("--foreground", choices=("auto", "none"), default="auto",
-                   help="auto: use foreground masks when present, else the whole image; none: whole image")
+                   help="auto: foreground masks when present, else estimated offline (cached); none: whole image")
+    g.add_argument("--cache_dir", help="cache of estimated foreground masks (default $PATCHGUARD_CACHE or "
+                                       "~/.cache/patchguard; never inside the dataset)")
+    g.add_argument("--visa_split", choices=("csv", "foreground"), default="csv",
+                   help="VisA split: split_csv/1cls.csv, or the official rule (normals with a foreground mask train)")
+    g.add_argument("--on_corrupt", choices=("stop", "skip"), default="stop",
+                   help="unreadable image files: stop with an error, or skip them with a warning")
+    g.add_argument("--normal_dir", help="--dataset folder: normal images (training, and test unless --normal_test_dir)")
+    g.add_argument("--abnormal_dir", help="--dataset folder: anomalous test images")
+    g.add_argument("--mask_dir", help="--dataset folder: pixel masks named like the anomalous images")
+    g.add_argument("--normal_test_dir", help="--dataset folder: normal test images (else 20%% of --normal_dir)")
     g.add_argument("--min_patch_size", type=int, help="pseudo-anomaly lower bound in px (default: official per class)")
     g.add_argument("--train_batch_size", type=int, default=16)
     g.add_argument("--test_batch_size", type=int, default=4)
@@ -133,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_reg", action="store_false", dest="use_reg")
     g.add_argument("--reg_weights", type=float, nargs="+", default=[0.005, 0.01, 0.05], help="one per --reg_layers")
     g.add_argument("--save_every", type=int, default=50, help="keep a numbered checkpoint every N epochs")
-    g.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from <checkpoint_dir>/patchguard_<dataset>_<class>_last.pth")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--no_adv_test", action="store_false", dest="adv_test")
@@ -170,8 +208,13 @@ def _positive(name: str, value) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
+    if a.dataset == "folder":
+        if not (a.normal_dir and a.abnormal_dir):
+            raise UserError("--dataset folder needs --normal_dir and --abnormal_dir")
+        a.class_name = a.class_name or os.path.basename(os.path.normpath(a.normal_dir)) or "custom"
+        a.dataset_dir = a.dataset_dir or os.path.dirname(os.path.abspath(a.normal_dir))
     if not a.class_name:
-        raise UserError("--class_name is required (use the class folder name, e.g. bottle)")
+        raise UserError("--class_name is required (the class folder name, e.g. bottle, or 'all')")
     if not a.dataset_dir:
         raise UserError("--dataset_dir is required (the folder that holds the class folders)")
     for name in ("image_size", "epochs", "train_batch_size", "test_batch_size", "top_k", "restarts"):
@@ -183,17 +226,21 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     for eps in list(a.epsilon_test) + [a.epsilon_train, a.epsilon_visualization]:
         if not 0 <= eps <= 255:
             raise UserError(f"epsilon {eps} is outside [0, 255] (values are in 1/255 units)")
-    output_dir = a.output_dir or os.path.join("runs", a.dataset, a.class_name)
+    output_dir = a.output_dir or os.path.join("runs", a.dataset, "" if a.class_name == "all" else a.class_name)
     model = ModelConfig(
         backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
         feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers), hidden_dim=a.hidden_dim,
         dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads, top_k=a.top_k,
         smoothing_sigma=a.smoothing_sigma, smoothing_radius=a.smoothing_radius)
     return RunConfig(
-        mode=a.mode, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir or os.path.join(output_dir, "checkpoints"),
-        checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm, model=model,
+        mode=a.mode, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
+        checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm,
+        use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, model=model,
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
-                        foreground_dir=a.foreground_dir, foreground=a.foreground, min_patch_size=a.min_patch_size,
+                        foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
+                        visa_split=a.visa_split, on_corrupt=a.on_corrupt, normal_dir=a.normal_dir,
+                        abnormal_dir=a.abnormal_dir, mask_dir=a.mask_dir, normal_test_dir=a.normal_test_dir,
+                        min_patch_size=a.min_patch_size,
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
                         num_workers=a.num_workers),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,

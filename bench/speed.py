@@ -1,0 +1,95 @@
+"""Seconds per training step (data loading and pseudo-anomalies included) and per PGD evaluation batch.
+
+    python bench/speed.py --backbone vit_small_patch14_dinov2 --image_size 112 --batch_size 8 --step_train 10
+    python bench/speed.py --device cuda --image_size 224 --batch_size 16 [--bf16]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attacks import PGD  # noqa: E402
+from engine.common import autocast, loader, train_dataset  # noqa: E402
+from engine.train import train_step  # noqa: E402
+from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
+from utils.config import parse_config  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="vit_small_patch14_dinov2")
+    p.add_argument("--image_size", type=int, default=112)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--step_train", type=int, default=10)
+    p.add_argument("--step_test", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps / evaluation batches")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--dataset", default="mpdd")
+    p.add_argument("--class_name", default="metal_plate")
+    p.add_argument("--dataset_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mpdd"))
+    a = p.parse_args()
+    cfg = parse_config(["--dataset", a.dataset, "--class_name", a.class_name, "--dataset_dir", a.dataset_dir,
+                        "--backbone", a.backbone, "--image_size", str(a.image_size), "--device", a.device,
+                        "--train_batch_size", str(a.batch_size), "--step_train", str(a.step_train),
+                        "--num_workers", str(a.num_workers), "--output_dir", "/tmp/patchguard-bench"]
+                       + (["--bf16"] if a.bf16 else []))
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    model = PatchGuard(ModelConfig(backbone=a.backbone, image_size=a.image_size)).to(device)
+    dataset = train_dataset(cfg, model.patch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, PGD-{a.step_train} training, "
+          f"{'bf16' if a.bf16 else 'fp32'}, {device}, {torch.get_num_threads()} threads")
+
+    def batches():
+        epoch = 0
+        while True:
+            dataset.set_epoch(epoch)
+            yield from loader(dataset, a.batch_size, a.num_workers, shuffle=True,
+                              generator=torch.Generator().manual_seed(epoch))
+            epoch += 1
+    it = batches()
+    times = []
+    for i in range(a.warmup + a.steps):
+        sync()
+        t0 = time.perf_counter()
+        batch = next(it)  # loading + pseudo-anomalies count towards the step
+        while len(batch["image"]) < a.batch_size:
+            batch = next(it)
+        train_step(model, batch, optimizer, cfg, device)
+        sync()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    print(f"training step: median {times[len(times) // 2]:.3f} s/batch (min {times[0]:.3f}, max {times[-1]:.3f})")
+
+    model.eval()
+    attack = PGD(model, 8 / 255, a.step_test, model_mode="eval")
+    x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=device)
+    labels = torch.zeros(a.batch_size, model.num_patches, device=device)
+    times = []
+    for i in range(a.warmup + a.steps):
+        sync()
+        t0 = time.perf_counter()
+        with autocast(device, a.bf16):
+            adv = attack(x, labels)
+            with torch.no_grad():
+                model(adv)
+        sync()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    print(f"PGD-{a.step_test} evaluation: median {times[len(times) // 2]:.3f} s/batch "
+          f"(min {times[0]:.3f}, max {times[-1]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
