@@ -10,6 +10,7 @@ def run_class(cfg) -> dict:
     from engine.common import log, setup_logging
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
+    from engine.predict import run_predict
     from engine.train import run_train
     from engine.visualize import run_visualization
     from utils.io import ensure_writable_dir, write_json
@@ -26,6 +27,8 @@ def run_class(cfg) -> dict:
         results = run_test(cfg)
     if cfg.mode in ("visualization", "all"):
         run_visualization(cfg)
+    if cfg.mode == "predict":
+        run_predict(cfg)
     log.info("run directory: %s", cfg.output_dir)
     return results
 

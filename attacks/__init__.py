@@ -1,4 +1,6 @@
+from attacks.apgd import APGD
+from attacks.base import Attack, AttackReport
 from attacks.losses import patch_margin_loss
-from attacks.pgd import PGD, AttackReport
+from attacks.pgd import PGD
 
-__all__ = ["PGD", "AttackReport", "patch_margin_loss"]
+__all__ = ["APGD", "PGD", "Attack", "AttackReport", "patch_margin_loss"]

@@ -1,4 +1,9 @@
-"""Evaluation: clean and under PGD at each eps; image AUROC from top-k scores, pixel AUROC from smoothed maps."""
+"""Evaluation: clean, then every attack x eps x steps setting on the same checkpoint.
+
+Image scores are the mean of the top-k patch logits; anomaly maps are the smoothed, upsampled patch logits.
+Every attacked setting records its post-attack checks (max |delta| vs eps, range, NaN, zero-gradient share).
+"""
+import itertools
 import os
 import time
 from typing import Optional
@@ -7,30 +12,37 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attacks import PGD, AttackReport
+from attacks import APGD, PGD, Attack
 from engine.common import autocast, loader, log, resolve_device, test_dataset
 from models.patchguard import PatchGuard
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import load_model
 from utils.config import RunConfig
-from utils.io import ensure_writable_dir, write_json
-from utils.metrics import auroc
+from utils.io import atomic_write, ensure_writable_dir, write_json
+from utils.metrics import evaluate
+
+TARGET_LABELS = {"both": (0, 1), "normal": (0,), "anomalous": (1,)}
 
 
 def attack_labels(model: PatchGuard, batch: dict) -> torch.Tensor:
     """Patch labels for the label-aware attack loss; an anomalous image without a mask counts as all-anomalous."""
     masks = batch["mask"]
-    b, h, w = masks.shape
-    gh, gw = model.grid_size
-    labels = torch.nn.functional.adaptive_max_pool2d(masks[:, None], (gh, gw)).reshape(b, -1)
-    no_mask = (batch["label"] == 1) & ~batch["has_mask"]
-    labels[no_mask] = 1.0
+    b = masks.shape[0]
+    labels = torch.nn.functional.adaptive_max_pool2d(masks[:, None], model.grid_size).reshape(b, -1)
+    labels[(batch["label"] == 1) & ~batch["has_mask"]] = 1.0
     return labels
 
 
-def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[PGD] = None, desc: str = "clean",
-            show: bool = True, keep_images: bool = False) -> dict:
-    """Image scores and anomaly maps over a loader, optionally under attack.
+def make_attack(name: str, model, eps: float, steps: int, cfg: RunConfig) -> Attack:
+    e = cfg.eval
+    if name == "apgd":
+        return APGD(model, eps, steps, restarts=e.restarts, random_start=e.random_start, seed=cfg.seed)
+    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed)
+
+
+def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[Attack] = None, desc: str = "clean",
+            show: bool = True, keep_images: bool = False, target: str = "both") -> dict:
+    """Image scores and anomaly maps over a loader, optionally under attack (only of the `target` images).
 
     Returns scores (n,), maps (n, H, W), labels (n,), masks (n, H, W), report (merged attack checks or None),
     and with keep_images the (attacked) input images (n, 3, H, W).
@@ -40,9 +52,13 @@ def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[PGD
     for batch in tqdm(batches, desc=desc, leave=False, disable=not show, dynamic_ncols=True):
         x = batch["image"].to(device)
         if attack is not None:
-            with autocast(device, bf16):
-                x = attack(x, attack_labels(model, batch).to(device))
-            report = attack.last_report if report is None else report.merge(attack.last_report)
+            chosen = torch.isin(batch["label"], torch.tensor(TARGET_LABELS[target])).to(device)
+            if chosen.any():
+                with autocast(device, bf16):
+                    adv = attack(x[chosen], attack_labels(model, batch).to(device)[chosen])
+                x = x.clone()
+                x[chosen] = adv
+                report = attack.last_report if report is None else report.merge(attack.last_report)
         with torch.no_grad(), autocast(device, bf16):
             logits = model(x).float()
         scores.append(model.image_scores(logits).cpu().numpy())
@@ -59,15 +75,16 @@ def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[PGD
     return out
 
 
-def metrics(pred: dict, has_masks: bool) -> dict:
-    out = {"image_auroc": auroc(pred["scores"], pred["labels"])}
-    if has_masks:
-        out["pixel_auroc"] = auroc(pred["maps"], pred["masks"])
-    return out
-
-
 def checkpoint_path(cfg: RunConfig) -> str:
     return cfg.checkpoint or cfg.final_checkpoint
+
+
+def attack_settings(cfg: RunConfig):
+    e = cfg.eval
+    if not e.adv_test:
+        return []
+    return [(a, eps, steps) for a, eps, steps in itertools.product(e.attack, e.epsilon_test, e.step_test)
+            if steps > 0 and eps > 0]
 
 
 def run_test(cfg: RunConfig) -> dict:
@@ -82,32 +99,77 @@ def run_test(cfg: RunConfig) -> dict:
     log.info("test: %s, %d images (%d anomalous)%s", path, len(dataset), n_anom,
              "" if dataset.has_masks else "; no pixel masks: image metrics only")
     results = {"checkpoint": os.path.abspath(path), "dataset": cfg.data.dataset, "class_name": cfg.data.class_name,
-               "num_images": len(dataset), "num_anomalous": n_anom, "settings": []}
-    t0 = time.time()
-    res = metrics(predict(model, batches, device, cfg.bf16, show=cfg.tqdm), dataset.has_masks)
-    results["settings"].append({"attack": "none", "eps": 0.0, "steps": 0, **res, "seconds": time.time() - t0})
-    if cfg.eval.adv_test and cfg.eval.step_test > 0:
-        for eps in cfg.eval.epsilon_test:
-            attack = PGD(model, eps, cfg.eval.step_test, random_start=cfg.eval.random_start,
-                         restarts=cfg.eval.restarts, model_mode="eval", seed=cfg.seed)
-            t0 = time.time()
-            pred = predict(model, batches, device, cfg.bf16, attack, desc=f"PGD eps {eps * 255:g}/255", show=cfg.tqdm)
-            res, report = metrics(pred, dataset.has_masks), pred["report"]
-            results["settings"].append({"attack": "pgd", "eps": eps, "eps_255": eps * 255, "steps": cfg.eval.step_test,
-                                        "random_start": cfg.eval.random_start, "restarts": cfg.eval.restarts,
-                                        **res, "checks": report.as_dict(), "seconds": time.time() - t0})
-            if not report.ok:
-                log.warning("attack check failed: %s", report.as_dict())
+               "num_images": len(dataset), "num_anomalous": n_anom, "attack_target": cfg.eval.attack_target,
+               "settings": []}
+    total_start = time.time()
+    for name, eps, steps in [("none", 0.0, 0)] + attack_settings(cfg):
+        attack = None if name == "none" else make_attack(name, model, eps, steps, cfg)
+        t0 = time.time()
+        desc = "clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255"
+        pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm,
+                       target=cfg.eval.attack_target)
+        t1 = time.time()
+        setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps,
+                   **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], dataset.has_masks)}
+        setting.update(seconds=time.time() - t0, metrics_seconds=time.time() - t1)
+        if attack is not None:
+            setting.update(repr=repr(attack), random_start=cfg.eval.random_start, restarts=cfg.eval.restarts)
+            if pred["report"] is not None:
+                setting["checks"] = pred["report"].as_dict()
+                if not pred["report"].ok:
+                    log.warning("attack check failed for %s: %s", desc, pred["report"].as_dict())
+        results["settings"].append(setting)
+    results["seconds"] = time.time() - total_start
+    results["metrics_seconds"] = sum(s["metrics_seconds"] for s in results["settings"])
     write_json(os.path.join(cfg.output_dir, "metrics.json"), results)
+    save_sweep_plots(results, os.path.join(cfg.output_dir, "plots"))
     log.info("\n%s", format_table(results))
-    log.info("wrote %s", os.path.join(cfg.output_dir, "metrics.json"))
+    log.info("evaluation %.1fs, of which metrics %.2fs; wrote %s", results["seconds"], results["metrics_seconds"],
+             os.path.join(cfg.output_dir, "metrics.json"))
     return results
 
 
+def setting_label(s: dict) -> str:
+    return "clean" if s["attack"] == "none" else f"{s['attack'].upper()}-{s['steps']} eps {s['eps_255']:g}/255"
+
+
 def format_table(results: dict) -> str:
-    rows = [f"{'setting':<22} {'image AUROC':>12} {'pixel AUROC':>12} {'seconds':>8}"]
+    cols = [("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"),
+            ("img F1max", "image_f1_max")]
+    rows = [f"{'setting':<24}" + "".join(f"{c:>13}" for c, _ in cols) + f"{'zero-grad':>10}{'seconds':>9}"]
     for s in results["settings"]:
-        name = "clean" if s["attack"] == "none" else f"PGD-{s['steps']} eps {s['eps_255']:g}/255"
-        pix = f"{s['pixel_auroc']:.4f}" if "pixel_auroc" in s else "n/a"
-        rows.append(f"{name:<22} {s['image_auroc']:>12.4f} {pix:>12} {s['seconds']:>8.1f}")
+        vals = "".join(f"{s[k]:>13.4f}" if k in s else f"{'n/a':>13}" for _, k in cols)
+        zg = f"{s['checks']['zero_gradient_share']:>10.2f}" if "checks" in s else f"{'':>10}"
+        rows.append(f"{setting_label(s):<24}{vals}{zg}{s['seconds']:>9.1f}")
     return "\n".join(rows)
+
+
+def save_sweep_plots(results: dict, out_dir: str) -> None:
+    """AUROC against eps (one line per attack and step count) and against steps (per attack and eps)."""
+    attacked = [s for s in results["settings"] if s["attack"] != "none"]
+    clean = results["settings"][0]
+    metrics = [m for m in ("image_auroc", "pixel_auroc") if m in clean]
+    for x_key, group_key, name in (("eps_255", "steps", "auroc_vs_eps"), ("steps", "eps_255", "auroc_vs_steps")):
+        if len({s[x_key] for s in attacked}) < 2:
+            continue
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            for (attack, group) in sorted({(s["attack"], s[group_key]) for s in attacked}):
+                pts = sorted((s[x_key], s[metric]) for s in attacked if s["attack"] == attack and s[group_key] == group)
+                if x_key == "eps_255":
+                    pts = [(0.0, clean[metric])] + pts
+                label = f"{attack.upper()}-{group}" if group_key == "steps" else f"{attack.upper()} eps {group:g}/255"
+                ax.plot(*zip(*pts), marker="o", label=label)
+            ax.axhline(clean[metric], color="gray", linestyle=":", label="clean")
+            ax.set_xlabel("eps (x/255)" if x_key == "eps_255" else "attack steps")
+            if x_key == "steps":
+                ax.set_xscale("log")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        atomic_write(os.path.join(out_dir, name + ".png"), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        plt.close(fig)

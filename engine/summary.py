@@ -5,9 +5,12 @@ import os
 
 from datasets.samples import available_classes
 from engine.common import log, setup_logging
+from engine.evaluate import setting_label
 from utils.config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def run_all_classes(cfg: RunConfig, run_class) -> None:
@@ -21,8 +24,7 @@ def run_all_classes(cfg: RunConfig, run_class) -> None:
             failed.append(f"{name}: {e}")
             continue
         for s in results.get("settings", []):
-            rows.append({"class": name, "setting": setting_name(s), "image_auroc": s.get("image_auroc"),
-                         "pixel_auroc": s.get("pixel_auroc")})
+            rows.append({"class": name, "setting": setting_label(s), **{m: s.get(m) for m in METRICS}})
     setup_logging(cfg.output_dir)
     if rows:
         write_summary(cfg.output_dir, rows)
@@ -30,14 +32,10 @@ def run_all_classes(cfg: RunConfig, run_class) -> None:
         raise UserError(f"{len(failed)} of {len(classes)} classes failed: " + " | ".join(failed))
 
 
-def setting_name(s: dict) -> str:
-    return "clean" if s["attack"] == "none" else f"{s['attack'].upper()}-{s['steps']} eps {s['eps_255']:g}/255"
-
-
 def write_summary(out_dir: str, rows: list) -> None:
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     classes = list(dict.fromkeys(r["class"] for r in rows))
-    metrics = [m for m in ("image_auroc", "pixel_auroc") if any(r[m] is not None for r in rows)]
+    metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
     table = {(r["class"], r["setting"]): r for r in rows}
     header = ["class"] + [f"{s} {m}" for s in settings for m in metrics]
     lines = []

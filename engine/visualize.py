@@ -1,27 +1,38 @@
-"""Heatmap pictures: image with its mask, clean heatmap, attacked image and its heatmap, one PNG per image."""
+"""Pictures people compare: one composite PNG per test image and an HTML page to browse them.
+
+Heatmaps share one colour scale over the whole test set (from the clean maps), so a normal image looks normal
+next to an anomalous one (the official code min-max normalises each map on its own).
+"""
+import html
 import os
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
+import numpy as np
+from torch.utils.data import Subset
 
-from attacks import PGD  # noqa: E402
-from engine.common import loader, log, resolve_device, test_dataset  # noqa: E402
-from engine.evaluate import checkpoint_path, predict  # noqa: E402
-from utils.checkpoint import load_model  # noqa: E402
-from utils.config import RunConfig  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from engine.common import loader, log, resolve_device, test_dataset
+from engine.evaluate import checkpoint_path, make_attack, predict
+from utils.checkpoint import load_model
+from utils.config import RunConfig
+from utils.io import atomic_write
 
 
 def pick_indices(labels, n: int):
-    """Up to n images, anomalous and normal alternately, spread over the test set."""
+    """Up to n images (all when n <= 0), anomalous and normal, spread over the test set."""
+    if n <= 0 or n >= len(labels):
+        return list(range(len(labels)))
     anomalous = [i for i, y in enumerate(labels) if y]
     normal = [i for i, y in enumerate(labels) if not y]
     n_anom = min(len(anomalous), max(n - n // 3, n - len(normal)))
-    pick = lambda idx, k: [idx[int(j)] for j in np.linspace(0, len(idx) - 1, k)] if k > 0 else []
-    return sorted(set(pick(anomalous, n_anom) + pick(normal, min(len(normal), n - n_anom))))
+
+    def spread(idx, k):
+        return [idx[int(j)] for j in np.linspace(0, len(idx) - 1, k)] if k > 0 else []
+    return sorted(set(spread(anomalous, n_anom) + spread(normal, min(len(normal), n - n_anom))))
+
+
+def heat_scale(clean_maps: np.ndarray):
+    """Colour range over the whole test set: 1st to 99.9th percentile of the clean maps."""
+    lo, hi = np.percentile(clean_maps, [1, 99.9])
+    return float(lo), float(hi if hi > lo else lo + 1e-6)
 
 
 def run_visualization(cfg: RunConfig) -> str:
@@ -29,43 +40,76 @@ def run_visualization(cfg: RunConfig) -> str:
     model, _ = load_model(checkpoint_path(cfg), cfg.model)
     model.to(device).eval()
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
+    all_batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
+    clean_all = predict(model, all_batches, device, cfg.bf16, show=False)
+    lo, hi = heat_scale(clean_all["maps"])
     indices = pick_indices([s.label for s in dataset.samples], cfg.eval.num_visualization)
-    batches = loader(Subset(dataset, indices), cfg.data.test_batch_size, cfg.data.num_workers)
     e = cfg.eval
-    attack = PGD(model, e.epsilon_visualization, e.step_visualization, model_mode="eval", seed=cfg.seed)
-    clean = predict(model, batches, device, cfg.bf16, show=False)
-    adv = predict(model, batches, device, cfg.bf16, attack, show=False, keep_images=True)
-    clean_maps, adv_maps = clean["maps"], adv["maps"]
-    # one colour scale for every picture, so a normal image looks normal next to an anomalous one
-    lo, hi = np.percentile(clean_maps, 1), np.percentile(np.concatenate([clean_maps, adv_maps]), 99.5)
+    attack = make_attack(e.attack[0], model, e.epsilon_visualization, e.step_visualization, cfg)
+    batches = loader(Subset(dataset, indices), cfg.data.test_batch_size, cfg.data.num_workers)
+    adv = predict(model, batches, device, cfg.bf16, attack, show=cfg.tqdm, keep_images=True, desc="attacking")
     out_dir = os.path.join(cfg.output_dir, "visualization")
+    entries = []
     for k, i in enumerate(indices):
         sample = dataset.samples[i]
-        image = dataset[i]["image"].permute(1, 2, 0).numpy()
-        attacked = adv["images"][k].permute(1, 2, 0).numpy()
-        name = f"{k:03d}_{sample.defect}_{os.path.splitext(os.path.basename(sample.image))[0]}.png"
-        _save_panel(os.path.join(out_dir, name), image, clean["masks"][k], clean_maps[k], attacked, adv_maps[k],
-                    lo, hi, clean["scores"][k], adv["scores"][k], clean["labels"][k], attack)
-    log.info("wrote %d pictures to %s (%r)", len(indices), out_dir, attack)
+        stem = os.path.splitext(os.path.basename(sample.image))[0]
+        name = f"{k:04d}_{sample.defect}_{stem}.png"
+        save_composite(os.path.join(out_dir, name), dataset.images[i], clean_all["masks"][i], clean_all["maps"][i],
+                       adv["images"][k].permute(1, 2, 0).numpy(), adv["maps"][k], (lo, hi),
+                       clean_all["scores"][i], adv["scores"][k], sample.label, repr(attack).split("(")[0], attack)
+        entries.append({"file": name, "image": sample.image, "defect": sample.defect, "label": int(sample.label),
+                        "clean_score": float(clean_all["scores"][i]), "attacked_score": float(adv["scores"][k])})
+    write_index(os.path.join(out_dir, "index.html"), entries, cfg, repr(attack))
+    log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
 
-def _save_panel(path, image, mask, clean_map, adv, adv_map, lo, hi, clean_score, adv_score, label, attack):
+def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, clean_score, attacked_score, label,
+                   attack_name, attack):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lo, hi = scale
     fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
     axes[0].imshow(image)
     axes[0].set_title("anomalous" if label else "normal")
     axes[1].imshow(image)
     if mask.any():
         axes[1].contour(mask, levels=[0.5], colors="lime", linewidths=1)
-    axes[1].set_title("ground truth")
+    axes[1].set_title("ground truth" if mask.any() else "ground truth (none)")
     axes[2].imshow(clean_map, cmap="jet", vmin=lo, vmax=hi)
     axes[2].set_title(f"clean, score {clean_score:.2f}")
-    axes[3].imshow(np.clip(adv, 0, 1))
-    axes[3].set_title(f"PGD-{attack.steps} eps {attack.eps * 255:g}/255")
-    im = axes[4].imshow(adv_map, cmap="jet", vmin=lo, vmax=hi)
-    axes[4].set_title(f"attacked, score {adv_score:.2f}")
+    axes[3].imshow(np.clip(attacked, 0, 1))
+    axes[3].set_title(f"{attack_name}-{attack.steps} eps {attack.eps * 255:g}/255")
+    im = axes[4].imshow(attacked_map, cmap="jet", vmin=lo, vmax=hi)
+    axes[4].set_title(f"attacked, score {attacked_score:.2f}")
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
     plt.close(fig)
+
+
+def write_index(path: str, entries, cfg: RunConfig, attack: str) -> None:
+    rows = "\n".join(
+        f'<tr class="{"anomalous" if e["label"] else "normal"}"><td>{k}</td>'
+        f'<td>{html.escape(e["defect"])}</td><td>{html.escape(os.path.basename(e["image"]))}</td>'
+        f'<td>{e["clean_score"]:.3f}</td><td>{e["attacked_score"]:.3f}</td>'
+        f'<td><a href="{html.escape(e["file"])}"><img src="{html.escape(e["file"])}" loading="lazy"></a></td></tr>'
+        for k, e in enumerate(entries))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>PatchGuard heatmaps: {html.escape(cfg.data.dataset)} / {html.escape(cfg.data.class_name)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
+td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
+tr.anomalous td:nth-child(2) {{ color: #b00; }} img {{ width: 900px; }}
+</style></head><body>
+<h1>{html.escape(cfg.data.dataset)} / {html.escape(cfg.data.class_name)}</h1>
+<p>{len(entries)} test images; attack: {html.escape(attack)}. Heatmaps share one colour scale over the test set.</p>
+<table><thead><tr><th>#</th><th>type</th><th>file</th><th>clean score</th><th>attacked score</th><th>picture</th></tr>
+</thead><tbody>
+{rows}
+</tbody></table></body></html>
+"""
+    atomic_write(path, lambda tmp: open(tmp, "w").write(page))

@@ -159,7 +159,7 @@ def test_class_all_writes_summary_and_foreground_mode(tmp_path, demo_root):
     assert run("--mode", "train", *args) == 0
     assert run("--mode", "test", *args) == 0
     lines = (out / "summary.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("class,clean image_auroc,clean pixel_auroc,PGD-1 eps 8/255 image_auroc")
+    assert lines[0].startswith("class,clean image_auroc,clean pixel_auroc,clean aupro,PGD-1 eps 8/255 image_auroc")
     assert [l.split(",")[0] for l in lines[1:]] == ["bottle", "screw", "mean"]
     assert (out / "summary.md").exists() and (out / "bottle" / "metrics.json").exists()
     assert run("--mode", "foreground", *args[:-8], "--class_name", "bottle", "--output_dir", str(out / "fg")) == 0

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 from models.patchguard import ModelConfig
 from utils.errors import UserError
 
-MODES = ("train", "test", "visualization", "all", "foreground")
+MODES = ("train", "test", "visualization", "all", "foreground", "predict")
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     adv_test: bool = True
+    attack: Tuple[str, ...] = ("pgd",)
     epsilon_test: Tuple[float, ...] = (8 / 255,)
-    step_test: int = 10
+    step_test: Tuple[int, ...] = (10,)
+    attack_target: str = "both"       # both, normal or anomalous test images are attacked
     random_start: bool = False
     restarts: int = 1
+    predict_dir: Optional[str] = None
+    threshold_dir: Optional[str] = None
+    threshold_quantile: float = 0.99
     epsilon_visualization: float = 8 / 255
     step_visualization: int = 10
     num_visualization: int = 8
@@ -176,12 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--no_adv_test", action="store_false", dest="adv_test")
     g.add_argument("--epsilon_test", type=float, nargs="+", default=[8], help="in 1/255 units")
-    g.add_argument("--step_test", type=int, default=10)
+    g.add_argument("--step_test", type=int, nargs="+", default=[10], help="one or more step counts (a sweep)")
+    g.add_argument("--attack", nargs="+", choices=("pgd", "apgd"), default=["pgd"])
+    g.add_argument("--attack_target", choices=("both", "normal", "anomalous"), default="both",
+                   help="attack all test images, or only the normal or only the anomalous ones")
     g.add_argument("--random_start", action="store_true")
     g.add_argument("--restarts", type=int, default=1)
     g.add_argument("--epsilon_visualization", type=float, default=8)
     g.add_argument("--step_visualization", type=int, default=10)
-    g.add_argument("--num_visualization", type=int, default=8)
+    g.add_argument("--num_visualization", type=int, default=8, help="test images to draw; 0: all")
+
+    g = p.add_argument_group("prediction (--mode predict)")
+    g.add_argument("--predict_dir", help="folder of new images to score")
+    g.add_argument("--threshold_dir", help="normal validation images for the decision threshold "
+                                           "(default: the class's normal training images)")
+    g.add_argument("--threshold_quantile", type=float, default=0.99,
+                   help="threshold = this quantile of the normal images' scores")
     return p
 
 
@@ -217,6 +232,12 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         raise UserError("--class_name is required (the class folder name, e.g. bottle, or 'all')")
     if not a.dataset_dir:
         raise UserError("--dataset_dir is required (the folder that holds the class folders)")
+    if a.mode == "predict" and not a.predict_dir:
+        raise UserError("--mode predict needs --predict_dir (a folder of images to score)")
+    if any(n < 0 for n in a.step_test):
+        raise UserError(f"--step_test values must be >= 0, got {a.step_test}")
+    if not 0 < a.threshold_quantile <= 1:
+        raise UserError(f"--threshold_quantile must be in (0, 1], got {a.threshold_quantile}")
     for name in ("image_size", "epochs", "train_batch_size", "test_batch_size", "top_k", "restarts"):
         _positive(name, getattr(a, name))
     if a.num_workers < 0:
@@ -247,7 +268,10 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                           adv_train=a.adv_train, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
                           attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
                           save_every=a.save_every, resume=a.resume, backbone_weights=a.backbone_weights),
-        eval=EvalConfig(adv_test=a.adv_test, epsilon_test=tuple(e / 255 for e in a.epsilon_test),
-                        step_test=a.step_test, random_start=a.random_start, restarts=a.restarts,
+        eval=EvalConfig(adv_test=a.adv_test, attack=tuple(dict.fromkeys(a.attack)),
+                        epsilon_test=tuple(e / 255 for e in a.epsilon_test), step_test=tuple(a.step_test),
+                        attack_target=a.attack_target, random_start=a.random_start, restarts=a.restarts,
+                        predict_dir=a.predict_dir, threshold_dir=a.threshold_dir,
+                        threshold_quantile=a.threshold_quantile,
                         epsilon_visualization=a.epsilon_visualization / 255, step_visualization=a.step_visualization,
                         num_visualization=a.num_visualization))

@@ -1,0 +1,91 @@
+"""What every attack shares: model mode handling, frozen parameters, and the post-attack checks."""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from attacks.losses import patch_margin_loss
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, patch_labels) -> per-image loss (B,)
+
+
+@dataclass
+class AttackReport:
+    """Post-attack checks (AutoAttack style) for one batch or, merged, a whole test set."""
+    eps: float
+    max_delta: float = 0.0
+    min_value: float = 1.0
+    max_value: float = 0.0
+    nan_count: int = 0
+    zero_grad_images: int = 0
+    images: int = 0
+
+    def merge(self, other: "AttackReport") -> "AttackReport":
+        return AttackReport(self.eps, max(self.max_delta, other.max_delta), min(self.min_value, other.min_value),
+                            max(self.max_value, other.max_value), self.nan_count + other.nan_count,
+                            self.zero_grad_images + other.zero_grad_images, self.images + other.images)
+
+    @property
+    def ok(self) -> bool:
+        return (self.max_delta <= self.eps + 1e-6 and self.min_value >= 0.0 and self.max_value <= 1.0
+                and self.nan_count == 0)
+
+    def as_dict(self) -> dict:
+        return {"eps": self.eps, "max_abs_delta": self.max_delta, "min_pixel": self.min_value,
+                "max_pixel": self.max_value, "nan_count": self.nan_count,
+                "zero_gradient_share": self.zero_grad_images / max(self.images, 1), "ok": self.ok}
+
+
+class Attack:
+    """L-inf attack on patch logits, torchattacks style: hyper-parameters in __init__, the attack in __call__.
+
+    __call__ sets the model mode (eval, or train as the official training attacks), freezes the parameters
+    (autograd then keeps nothing for weight gradients), restores both, and stores the post-attack checks in
+    `last_report`. Subclasses implement `_attack(x0, labels) -> (x_adv, zero_grad mask)`.
+    """
+
+    def __init__(self, model: nn.Module, eps: float, steps: int, model_mode: Optional[str] = "eval",
+                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
+        if eps < 0 or steps < 0:
+            raise ValueError(f"invalid attack settings: eps={eps}, steps={steps}")
+        self.model, self.eps, self.steps = model, float(eps), int(steps)
+        self.model_mode, self.loss_fn, self.seed = model_mode, loss_fn, seed
+        self.last_report: Optional[AttackReport] = None
+
+    def __call__(self, images: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.model_mode is not None:
+            self.model.train(self.model_mode == "train")
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            x0 = images.detach()
+            x, zero_grad = self._attack(x0, patch_labels.detach())
+            self.last_report = AttackReport(
+                eps=self.eps, max_delta=float((x - x0).abs().max()) if x.numel() else 0.0,
+                min_value=float(x.min()), max_value=float(x.max()), nan_count=int(torch.isnan(x).sum()),
+                zero_grad_images=int(zero_grad.sum()), images=len(x))
+            return x
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+            self.model.train(was_training)
+
+    def _generator(self, device) -> Optional[torch.Generator]:
+        return torch.Generator(device=device).manual_seed(self.seed) if self.seed is not None else None
+
+    def _gradient(self, x: torch.Tensor, labels: torch.Tensor):
+        """Per-image loss and its gradient w.r.t. the input only."""
+        x = x.detach().requires_grad_(True)
+        loss = self.loss_fn(self.model(x), labels)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad
+
+    def _project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return torch.min(torch.max(x, x0 - self.eps), x0 + self.eps).clamp(0, 1)
+
+    def _uniform_start(self, x0: torch.Tensor, gen) -> torch.Tensor:
+        noise = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        return (x0 + (2 * noise - 1) * self.eps).clamp(0, 1)
