@@ -166,3 +166,15 @@ def test_class_all_writes_summary_and_foreground_mode(tmp_path, demo_root):
     assert (out / "fg" / "foreground" / "grid.png").exists()
     report = json.loads((out / "fg" / "foreground" / "foreground.json").read_text())
     assert report["test_anomalies"] == 24 and report["mean_defect_coverage"] > 0.9
+
+
+def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
+    from utils.config import parse_config
+    (tmp_path / "c.json").write_text(json.dumps({"dataset": "demo", "class_name": "widget", "dataset_dir": "d",
+                                                 "step_test": 10, "epsilon_test": [2, "8"], "epochs": "3"}))
+    cfg = parse_config(["--config", str(tmp_path / "c.json"), "--epochs", "5"])
+    assert cfg.eval.step_test == (10,) and cfg.eval.epsilon_test == (2 / 255, 8 / 255) and cfg.train.epochs == 5
+    (tmp_path / "bad.json").write_text(json.dumps({"epochs": "many"}))
+    one_line_error(capsys, run("--config", str(tmp_path / "bad.json")), "'epochs' must be int")
+    (tmp_path / "typo.json").write_text(json.dumps({"epoch": 3}))
+    one_line_error(capsys, run("--config", str(tmp_path / "typo.json")), "unknown keys .*epoch")

@@ -209,12 +209,31 @@ def parse_config(argv=None) -> RunConfig:
                 defaults = json.load(f)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read config file {pre.config}: {e}") from None
-        valid = {a.dest for a in parser._actions}
-        unknown = sorted(set(defaults) - valid)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(defaults) - set(actions))
         if unknown:
             raise UserError(f"unknown keys in {pre.config}: {', '.join(unknown)}")
-        parser.set_defaults(**defaults)
+        parser.set_defaults(**{k: _coerce(actions[k], v, pre.config) for k, v in defaults.items()})
     return config_from_args(parser.parse_args(argv))
+
+
+def _coerce(action: argparse.Action, value, where: str):
+    """A config-file value as the command line would have parsed it (lists for nargs options, typed items)."""
+    many = action.nargs in ("+", "*")
+    items = value if isinstance(value, list) else [value]
+    if action.type is not None:
+        try:
+            items = [action.type(v) for v in items]
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: '{action.dest}' must be {action.type.__name__}"
+                            f"{' values' if many else ''}, got {value!r}") from None
+    if action.choices is not None and any(v not in action.choices for v in items):
+        raise UserError(f"{where}: '{action.dest}' must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    if many:
+        return items
+    if len(items) != 1:
+        raise UserError(f"{where}: '{action.dest}' takes one value, got {value!r}")
+    return items[0]
 
 
 def _positive(name: str, value) -> None:
