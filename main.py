@@ -7,6 +7,7 @@ from utils.errors import UserError
 
 def run_class(cfg) -> dict:
     """One class: the modes asked for, in order. Returns the test metrics when tested."""
+    import torch
     from engine.common import log, setup_logging
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
@@ -17,6 +18,8 @@ def run_class(cfg) -> dict:
 
     ensure_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir)
+    if cfg.bf16 and (cfg.device != "cuda" or not torch.cuda.is_available()):
+        log.info("--bf16 applies to CUDA only: running in fp32")
     results = {}
     if cfg.mode == "foreground":
         run_foreground_report(cfg)

@@ -40,6 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; fp32 everywhere else (run_class says so once)."""
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
