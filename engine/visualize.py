@@ -103,7 +103,7 @@ def write_index(path: str, entries, cfg: RunConfig, attack: str) -> None:
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
 td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
-tr.anomalous td:nth-child(2) {{ color: #b00; }} img {{ width: 900px; }}
+tr.anomalous td:nth-child(2) {{ color: #b00; }} img {{ width: min(900px, 70vw); }}
 </style></head><body>
 <h1>{html.escape(cfg.data.dataset)} / {html.escape(cfg.data.class_name)}</h1>
 <p>{len(entries)} test images; attack: {html.escape(attack)}. Heatmaps share one colour scale over the test set.</p>
