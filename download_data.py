@@ -10,7 +10,7 @@ import shutil
 import sys
 
 from datasets import registry
-from utils.download import extract, fetch, gdown_fetch, gdown_folder_files, manual_hint
+from utils.download import extract, fetch, gdown_fetch, gdown_folder_files
 from utils.errors import UserError
 
 # dataset -> (archive URL or None when it needs a registration/manual step, official page,

@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.color import rgb2lab
 from skimage.filters import threshold_otsu
 
-from datasets.images import load_image
+from datasets.images import read_rgb
 from utils.io import atomic_write
 
 WORK_SIZE = 256        # estimation resolution (masks are resized to the image afterwards)
@@ -82,9 +82,7 @@ def foreground_for(image_path: str, cache_dir: Optional[str] = None) -> str:
     """Path of the estimated foreground mask of an image (at its full size), estimating and caching it once."""
     path = cached_foreground_path(image_path, cache_dir)
     if not os.path.exists(path):
-        from datasets.images import _open, _to_rgb
-        image = np.asarray(_to_rgb(_open(image_path)))
-        mask = Image.fromarray(estimate_foreground(image).astype(np.uint8) * 255)
+        mask = Image.fromarray(estimate_foreground(read_rgb(image_path)).astype(np.uint8) * 255)
         atomic_write(path, lambda tmp: mask.save(tmp, format="PNG"))
     return path
 
@@ -92,6 +90,3 @@ def foreground_for(image_path: str, cache_dir: Optional[str] = None) -> str:
 def coverage(foreground: np.ndarray, defect: np.ndarray) -> float:
     """Share of the defect pixels that lie inside the foreground."""
     return float((foreground & defect).sum() / max(defect.sum(), 1))
-
-
-__all__ = ["estimate_foreground", "foreground_for", "coverage", "load_image"]

@@ -27,6 +27,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_rgb(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 at the file's own size."""
+    return np.asarray(_to_rgb(_open(path)))
+
+
 def load_image(path: str, size: int) -> np.ndarray:
     """(size, size, 3) uint8, resized with LANCZOS (official)."""
     return np.asarray(_to_rgb(_open(path)).resize((size, size), Image.LANCZOS))

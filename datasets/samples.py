@@ -11,7 +11,7 @@ import csv
 import os
 import random
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from datasets import registry
 from utils.errors import UserError
@@ -238,8 +238,3 @@ def make_samples(dataset: str, dataset_dir: str, class_name: str, split: str,
         return visa_layout(root, class_name, split, dataset_dir, visa_split, foreground_dir)
     return mvtec_layout(root, split, foreground_dir)
 
-
-def summary(samples: List[Sample]) -> Dict[str, int]:
-    return {"images": len(samples), "anomalous": sum(s.label for s in samples),
-            "masks": sum(s.mask is not None for s in samples),
-            "foreground": sum(s.foreground is not None for s in samples)}

@@ -7,7 +7,7 @@ import torch
 
 from attacks import PGD
 from losses.patchguard_loss import patchguard_loss
-from models.patchguard import ModelConfig, PatchGuard
+from models.patchguard import ModelConfig
 from tests.conftest import FIXTURE
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import load_model
