@@ -178,3 +178,21 @@ def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
     one_line_error(capsys, run("--config", str(tmp_path / "bad.json")), "'epochs' must be int")
     (tmp_path / "typo.json").write_text(json.dumps({"epoch": 3}))
     one_line_error(capsys, run("--config", str(tmp_path / "typo.json")), "unknown keys .*epoch")
+
+
+def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
+    from utils.config import parse_config
+    out = tmp_path / "run"
+    assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1", "--epsilon_train", "4",
+                                             "--epsilon_test", "2", "8")) == 0
+    original = json.loads((out / "config.json").read_text())
+    again = parse_config(["--config", str(out / "config.json"), "--mode", "test"])
+    assert again.mode == "test" and not again.train.resume
+    repeated = json.loads(json.dumps(again.as_dict()))
+    for group in ("model", "data", "eval"):
+        for key, value in original[group].items():
+            if key.startswith("epsilon"):
+                assert repeated[group][key] == pytest.approx(value), key
+            else:
+                assert repeated[group][key] == value, key
+    assert again.train.epsilon_train == pytest.approx(4 / 255)

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="PatchGuard: adversarially robust anomaly detection and localization with ViTs and pseudo anomalies.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="JSON file of option defaults (keys = option names); the command line wins")
+    p.add_argument("--config", help="JSON file of option defaults (keys = option names), or a run's own "
+                                    "config.json to repeat it; the command line wins")
     g = p.add_argument_group("run")
     g.add_argument("--mode", choices=MODES, default="train")
     g.add_argument("--seed", type=int, default=0)
@@ -209,12 +210,35 @@ def parse_config(argv=None) -> RunConfig:
                 defaults = json.load(f)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read config file {pre.config}: {e}") from None
+        if not isinstance(defaults, dict):
+            raise UserError(f"{pre.config} must hold a JSON object of option names and values")
+        if any(isinstance(v, dict) for v in defaults.values()):
+            defaults = flatten_run_config(defaults)
         actions = {a.dest: a for a in parser._actions}
         unknown = sorted(set(defaults) - set(actions))
         if unknown:
             raise UserError(f"unknown keys in {pre.config}: {', '.join(unknown)}")
         parser.set_defaults(**{k: _coerce(actions[k], v, pre.config) for k, v in defaults.items()})
     return config_from_args(parser.parse_args(argv))
+
+
+RUN_ONLY_KEYS = {"mode", "resume", "dsc_dropout"}  # not carried over from a run's config.json
+RENAMED = {"attack_mode": "train_attack_mode"}
+IN_255_UNITS = {"epsilon_train", "epsilon_test", "epsilon_visualization"}
+
+
+def flatten_run_config(run: dict) -> dict:
+    """A run directory's config.json (nested, eps in [0, 1]) as option defaults (flat, eps in 1/255 units)."""
+    flat = {}
+    for key, value in run.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            if k in RUN_ONLY_KEYS or v is None:
+                continue
+            if k in IN_255_UNITS:
+                v = [x * 255 for x in v] if isinstance(v, list) else v * 255
+            flat[RENAMED.get(k, k)] = v
+    return flat
 
 
 def _coerce(action: argparse.Action, value, where: str):
