@@ -1,5 +1,6 @@
 """Shared run plumbing: device, autocast, data loaders, logging."""
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -88,6 +89,7 @@ def train_dataset(cfg: RunConfig, patch_size: int) -> AnomalyDataset:
                                           skip_corrupt=d.on_corrupt == "skip"))
 
 
+@functools.lru_cache(maxsize=1)  # --mode all tests, then draws: decode the test set once
 def test_dataset(cfg: RunConfig, image_size: int, patch_size: int) -> AnomalyDataset:
     return _report_skipped(AnomalyDataset(samples(cfg, "test"), image_size, patch_size,
                                           skip_corrupt=cfg.data.on_corrupt == "skip"))
