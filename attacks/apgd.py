@@ -29,27 +29,15 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, eps: float, steps: int, restarts: int = 1, rho: float = 0.75,
                  random_start: bool = False, model_mode: Optional[str] = "eval",
                  loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, steps, model_mode, loss_fn, seed)
-        self.restarts, self.rho, self.random_start = restarts, rho, random_start
+        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed)
+        self.rho = rho
 
     def __repr__(self) -> str:
         return (f"APGD(eps={self.eps * 255:.4g}/255, steps={self.steps}, restarts={self.restarts}, rho={self.rho}, "
                 f"random_start={self.random_start}, mode={self.model_mode}, "
                 f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)})")
 
-    def _attack(self, x0: torch.Tensor, labels: torch.Tensor):
-        gen = self._generator(x0.device)
-        best, best_loss, zero_grad = x0.clone(), None, None
-        for r in range(max(1, self.restarts)):
-            start = self._uniform_start(x0, gen) if (self.random_start or r > 0) else x0.clone()
-            x, loss, zg = self._single_run(x0, start, labels)
-            zero_grad = zg if zero_grad is None else zero_grad
-            better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
-            best[better] = x[better]
-            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
-        return best, zero_grad
-
-    def _single_run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
+    def _run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
         b = len(x0)
         view = (b,) + (1,) * (x0.dim() - 1)
         marks = set(checkpoints(self.steps))
@@ -59,7 +47,7 @@ class APGD(Attack):
         zero_grad = grad.flatten(1).abs().amax(1) == 0
         x_best, loss_best, grad_best = x.clone(), loss.clone(), grad.clone()
         if self.steps == 0:
-            return x_best, loss_best, zero_grad
+            return x_best, zero_grad
         x_prev = x.clone()
         rises = torch.zeros(b, device=x0.device)
         step_at_mark, best_at_mark, last_mark = step.clone(), loss_best.clone(), 0
@@ -88,4 +76,4 @@ class APGD(Attack):
                 x[halve], grad[halve] = x_best[halve], grad_best[halve]
                 rises.zero_()
                 last_mark = k + 1
-        return x_best, loss_best, zero_grad
+        return x_best, zero_grad

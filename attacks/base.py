@@ -42,16 +42,34 @@ class Attack:
 
     __call__ sets the model mode (eval, or train as the official training attacks), freezes the parameters
     (autograd then keeps nothing for weight gradients), restores both, and stores the post-attack checks in
-    `last_report`. Subclasses implement `_attack(x0, labels) -> (x_adv, zero_grad mask)`.
+    `last_report`. Restarts after the first start at uniform random points in the eps-ball and each image keeps
+    its best final point. Subclasses implement one run: `_run(x0, start, labels) -> (x_adv, zero_grad mask)`.
     """
 
-    def __init__(self, model: nn.Module, eps: float, steps: int, model_mode: Optional[str] = "eval",
-                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        if eps < 0 or steps < 0:
-            raise ValueError(f"invalid attack settings: eps={eps}, steps={steps}")
+    def __init__(self, model: nn.Module, eps: float, steps: int, random_start: bool = False, restarts: int = 1,
+                 model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
+        if eps < 0 or steps < 0 or restarts < 1:
+            raise ValueError(f"invalid attack settings: eps={eps}, steps={steps}, restarts={restarts}")
         self.model, self.eps, self.steps = model, float(eps), int(steps)
+        self.random_start, self.restarts = random_start, int(restarts)
         self.model_mode, self.loss_fn, self.seed = model_mode, loss_fn, seed
         self.last_report: Optional[AttackReport] = None
+
+    def _attack(self, x0: torch.Tensor, labels: torch.Tensor):
+        gen = self._generator(x0.device)
+        best, best_loss, zero_grad = x0.clone(), None, None
+        for r in range(self.restarts):
+            start = self._uniform_start(x0, gen) if (self.random_start or r > 0) else x0.clone()
+            x, zg = self._run(x0, start, labels)
+            zero_grad = zg if zero_grad is None else zero_grad
+            if self.restarts == 1:
+                return x, zero_grad
+            with torch.no_grad():
+                loss = self.loss_fn(self.model(x), labels)
+            better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss > best_loss
+            best[better] = x[better]
+            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
+        return best, zero_grad
 
     def __call__(self, images: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training

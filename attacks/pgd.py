@@ -25,33 +25,19 @@ class PGD(Attack):
     def __init__(self, model: nn.Module, eps: float, steps: int, alpha: Optional[float] = None,
                  random_start: bool = False, restarts: int = 1, model_mode: Optional[str] = "eval",
                  loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, steps, model_mode, loss_fn, seed)
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed)
         self.alpha = float(alpha) if alpha is not None else (2.5 * eps / steps if steps else 0.0)
-        self.random_start, self.restarts = random_start, restarts
 
     def __repr__(self) -> str:
         return (f"PGD(eps={self.eps * 255:.4g}/255, steps={self.steps}, alpha={self.alpha * 255:.4g}/255, "
                 f"random_start={self.random_start}, restarts={self.restarts}, mode={self.model_mode}, "
                 f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)})")
 
-    def _attack(self, x0: torch.Tensor, labels: torch.Tensor):
-        gen = self._generator(x0.device)
-        best, best_loss = x0.clone(), None
-        zero_grad = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
-        for r in range(self.restarts):
-            x = self._uniform_start(x0, gen) if (self.random_start or r > 0) else x0.clone()
-            for step in range(self.steps):
-                _, grad = self._gradient(x, labels)
-                if step == 0 and r == 0:
-                    zero_grad = grad.flatten(1).abs().amax(1) == 0
-                x = self._project(x + self.alpha * grad.sign(), x0)
-            if self.restarts == 1:
-                return x, zero_grad
-            with torch.no_grad():
-                loss = self.loss_fn(self.model(x), labels)
-            better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
-            best[better] = x[better]
-            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
-        return best, zero_grad
+    def _run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
+        x, zero_grad = start, torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+        for step in range(self.steps):
+            _, grad = self._gradient(x, labels)
+            if step == 0:
+                zero_grad = grad.flatten(1).abs().amax(1) == 0
+            x = self._project(x + self.alpha * grad.sign(), x0)
+        return x, zero_grad

@@ -18,7 +18,8 @@ from models.patchguard import PatchGuard
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import load_model
 from utils.config import RunConfig
-from utils.io import atomic_write, ensure_writable_dir, write_json
+from utils.figures import pyplot, save_figure
+from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate
 
 TARGET_LABELS = {"both": (0, 1), "normal": (0,), "anomalous": (1,)}
@@ -79,6 +80,13 @@ def checkpoint_path(cfg: RunConfig) -> str:
     return cfg.checkpoint or cfg.final_checkpoint
 
 
+def load_for_evaluation(cfg: RunConfig):
+    """(model in eval mode on its device, device) from --checkpoint or the run's final checkpoint."""
+    device = resolve_device(cfg.device)
+    model, _ = load_model(checkpoint_path(cfg), cfg.model)
+    return model.to(device).eval(), device
+
+
 def attack_settings(cfg: RunConfig):
     e = cfg.eval
     if not e.adv_test:
@@ -89,10 +97,8 @@ def attack_settings(cfg: RunConfig):
 
 def run_test(cfg: RunConfig) -> dict:
     ensure_writable_dir(cfg.output_dir)
-    device = resolve_device(cfg.device)
     path = checkpoint_path(cfg)
-    model, _ = load_model(path, cfg.model)
-    model.to(device).eval()
+    model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
     batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
     n_anom = sum(s.label for s in dataset.samples)
@@ -152,9 +158,7 @@ def save_sweep_plots(results: dict, out_dir: str) -> None:
     for x_key, group_key, name in (("eps_255", "steps", "auroc_vs_eps"), ("steps", "eps_255", "auroc_vs_steps")):
         if len({s[x_key] for s in attacked}) < 2:
             continue
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             for (attack, group) in sorted({(s["attack"], s[group_key]) for s in attacked}):
@@ -171,5 +175,4 @@ def save_sweep_plots(results: dict, out_dir: str) -> None:
             ax.set_ylim(0, 1.02)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        atomic_write(os.path.join(out_dir, name + ".png"), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-        plt.close(fig)
+        save_figure(fig, os.path.join(out_dir, name + ".png"), dpi=90, tight=False)

@@ -11,15 +11,14 @@ from datasets.foreground import coverage, estimate_foreground
 from datasets.images import load_image, load_mask
 from engine.common import log, samples, whole_image_foreground, with_estimated_foreground
 from utils.config import RunConfig
-from utils.io import atomic_write, write_json
+from utils.figures import pyplot, save_figure
+from utils.io import write_json
 
 GRID_SIZE = 160
 
 
 def save_grid(path: str, images, masks, columns: int = 6) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows), squeeze=False)
     for ax in axes.ravel():
@@ -30,8 +29,7 @@ def save_grid(path: str, images, masks, columns: int = 6) -> None:
         ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.8)
         ax.set_title(f"{mask.mean():.0%} of image", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def run_foreground_report(cfg: RunConfig) -> dict:

@@ -11,11 +11,11 @@ import numpy as np
 
 from datasets.dataset import AnomalyDataset
 from datasets.samples import Sample, list_images
-from engine.common import loader, log, resolve_device, samples
-from engine.evaluate import checkpoint_path, predict
-from utils.checkpoint import load_model
+from engine.common import loader, log, samples
+from engine.evaluate import load_for_evaluation, predict
 from utils.config import RunConfig
 from utils.errors import UserError
+from utils.figures import pyplot, save_figure
 from utils.io import atomic_write, write_json
 
 
@@ -32,9 +32,7 @@ def run_predict(cfg: RunConfig) -> dict:
     images = list_images(e.predict_dir)
     if not images:
         raise UserError(f"no images in --predict_dir {e.predict_dir} (png, jpg, bmp or tif)")
-    device = resolve_device(cfg.device)
-    model, _ = load_model(checkpoint_path(cfg), cfg.model)
-    model.to(device).eval()
+    model, device = load_for_evaluation(cfg)
     if e.threshold_dir:
         normal_paths, source = list_images(e.threshold_dir), e.threshold_dir
         if not normal_paths:
@@ -71,10 +69,7 @@ def run_predict(cfg: RunConfig) -> dict:
 
 
 def _save_heatmap(path, image, amap, lo, hi, score, anomalous):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.4))
     axes[0].imshow(image)
     axes[0].set_title("anomalous" if anomalous else "normal", color="red" if anomalous else "black")
     axes[1].imshow(image)
@@ -82,5 +77,4 @@ def _save_heatmap(path, image, amap, lo, hi, score, anomalous):
     axes[1].set_title(f"score {score:.3f}")
     for ax in axes:
         ax.axis("off")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(fig, path)

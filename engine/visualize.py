@@ -9,10 +9,10 @@ import os
 import numpy as np
 from torch.utils.data import Subset
 
-from engine.common import loader, log, resolve_device, test_dataset
-from engine.evaluate import checkpoint_path, make_attack, predict
-from utils.checkpoint import load_model
+from engine.common import loader, log, test_dataset
+from engine.evaluate import load_for_evaluation, make_attack, predict
 from utils.config import RunConfig
+from utils.figures import pyplot, save_figure
 from utils.io import atomic_write
 
 
@@ -36,9 +36,7 @@ def heat_scale(clean_maps: np.ndarray):
 
 
 def run_visualization(cfg: RunConfig) -> str:
-    device = resolve_device(cfg.device)
-    model, _ = load_model(checkpoint_path(cfg), cfg.model)
-    model.to(device).eval()
+    model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
     all_batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
     clean_all = predict(model, all_batches, device, cfg.bf16, show=False)
@@ -56,7 +54,7 @@ def run_visualization(cfg: RunConfig) -> str:
         name = f"{k:04d}_{sample.defect}_{stem}.png"
         save_composite(os.path.join(out_dir, name), dataset.images[i], clean_all["masks"][i], clean_all["maps"][i],
                        adv["images"][k].permute(1, 2, 0).numpy(), adv["maps"][k], (lo, hi),
-                       clean_all["scores"][i], adv["scores"][k], sample.label, repr(attack).split("(")[0], attack)
+                       clean_all["scores"][i], adv["scores"][k], sample.label, attack)
         entries.append({"file": name, "image": sample.image, "defect": sample.defect, "label": int(sample.label),
                         "clean_score": float(clean_all["scores"][i]), "attacked_score": float(adv["scores"][k])})
     write_index(os.path.join(out_dir, "index.html"), entries, cfg, repr(attack))
@@ -65,10 +63,8 @@ def run_visualization(cfg: RunConfig) -> str:
 
 
 def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, clean_score, attacked_score, label,
-                   attack_name, attack):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+                   attack):
+    plt = pyplot()
     lo, hi = scale
     fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
     axes[0].imshow(image)
@@ -80,14 +76,13 @@ def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, 
     axes[2].imshow(clean_map, cmap="jet", vmin=lo, vmax=hi)
     axes[2].set_title(f"clean, score {clean_score:.2f}")
     axes[3].imshow(np.clip(attacked, 0, 1))
-    axes[3].set_title(f"{attack_name}-{attack.steps} eps {attack.eps * 255:g}/255")
+    axes[3].set_title(f"{type(attack).__name__}-{attack.steps} eps {attack.eps * 255:g}/255")
     im = axes[4].imshow(attacked_map, cmap="jet", vmin=lo, vmax=hi)
     axes[4].set_title(f"attacked, score {attacked_score:.2f}")
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_index(path: str, entries, cfg: RunConfig, attack: str) -> None:
