@@ -75,16 +75,24 @@ class PseudoAnomalyGenerator:
 
     @staticmethod
     def _paste(image: np.ndarray, patch: np.ndarray, x: int, y: int, rng: np.random.Generator):
-        ph, pw = patch.shape[:2]
-        rgba = Image.fromarray(patch).convert("RGBA")
-        rotated = rgba.rotate(rng.uniform(-90, 90), resample=Image.BICUBIC, expand=True)
-        rotated = rotated.resize((pw, ph), Image.BICUBIC)
-        alpha = np.asarray(rotated)[..., 3]
-        out = Image.fromarray(image)
-        out.paste(rotated.convert("RGB"), (x, y), rotated.getchannel("A"))
-        mask = np.zeros(image.shape[:2], bool)
-        mask[y:y + ph, x:x + pw] = alpha > 0
-        return np.asarray(out), mask
+        return rotate_and_paste(image, patch, x, y, rng.uniform(-90, 90))
+
+
+def rotate_and_paste(image: np.ndarray, patch: np.ndarray, x: int, y: int, angle: float):
+    """Official paste: rotate with expand (PIL's default nearest resampling), resize back bicubic, and paste the
+    patch opaque where its alpha is > 0; that binary mask is also the pixel mask.
+
+    A soft alpha blend would leave a labelled fringe that barely differs from the clean image, teaching the model
+    that changes inside the attack budget are anomalies.
+    """
+    ph, pw = patch.shape[:2]
+    rotated = Image.fromarray(patch).convert("RGBA").rotate(angle, expand=True).resize((pw, ph), Image.BICUBIC)
+    inside = np.asarray(rotated.getchannel("A")) > 0
+    out = Image.fromarray(image)
+    out.paste(rotated.convert("RGB"), (x, y), Image.fromarray(inside.astype(np.uint8) * 255))
+    mask = np.zeros(image.shape[:2], bool)
+    mask[y:y + ph, x:x + pw] = inside[:image.shape[0] - y, :image.shape[1] - x]
+    return np.asarray(out), mask
 
 
 def patch_labels(mask: np.ndarray, patch_size: int) -> np.ndarray:
