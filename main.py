@@ -12,7 +12,7 @@ def run_class(cfg) -> dict:
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
     from engine.predict import run_predict
-    from engine.train import run_train
+    from engine.train import refuse_to_overwrite, run_train
     from engine.visualize import run_visualization
     from utils.io import ensure_writable_dir, write_json
 
@@ -24,6 +24,7 @@ def run_class(cfg) -> dict:
     if cfg.mode == "foreground":
         run_foreground_report(cfg)
     if cfg.mode in ("train", "all"):
+        refuse_to_overwrite(cfg)
         write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
         run_train(cfg)
     if cfg.mode in ("test", "all"):
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; the last complete checkpoint (*_last.pth) stays loadable, continue with --resume",
-              file=sys.stderr)
+        print("error: interrupted; training continues from the last complete checkpoint with --resume, and a "
+              "test re-run skips the settings already in metrics.json", file=sys.stderr)
         return 2
     return 0
 

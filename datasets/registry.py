@@ -44,5 +44,17 @@ def min_patch_size(dataset: str, class_name: str) -> int:
     return per_class.get(class_name, default)
 
 
+# layouts that hold any product in MVTec AD's folder structure: a class folder not listed above is accepted
+ANY_CLASS = {"mvtec", "mpdd", "btad", "wfdd", "dtd", "visa", "demo"}
+
+
+def accepts_any_class(dataset: str) -> bool:
+    return dataset in ANY_CLASS
+
+
+def is_known_class(dataset: str, class_name: str) -> bool:
+    return class_name in DATASETS[dataset][0]
+
+
 def uses_whole_image(dataset: str, class_name: str) -> bool:
     return class_name in WHOLE_IMAGE_CLASSES.get(dataset, set())

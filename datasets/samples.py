@@ -5,13 +5,13 @@ Layouts (as distributed):
   btad: <class>/{train/ok, test/{ok,ko}, ground_truth/ko/<stem>.png|.bmp}
   brats2021: <root>/{train/normal, test/<type>, ground_truth/<name with flair -> seg>}
   visa: <class>/Data/{Images/{Normal,Anomaly}, Masks/Anomaly/<stem>.png} + <root>/split_csv/1cls.csv
-  folder: --normal_dir, --abnormal_dir, [--mask_dir], [--normal_test_dir]
+  folder: --normal_dir, --abnormal_dir (one or more), [--mask_dir (one or more)], [--normal_test_dir]
 """
 import csv
 import os
 import random
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from datasets import registry
 from utils.errors import UserError
@@ -33,8 +33,8 @@ class Sample:
 class FolderSpec:
     """The user's own folders for --dataset folder."""
     normal_dir: str
-    abnormal_dir: str
-    mask_dir: Optional[str] = None
+    abnormal_dir: Tuple[str, ...]
+    mask_dir: Tuple[str, ...] = ()
     normal_test_dir: Optional[str] = None
     test_fraction: float = 0.2
     seed: int = 0
@@ -180,16 +180,20 @@ def folder_layout(spec: FolderSpec, split: str) -> List[Sample]:
         test_normal, train = sorted(shuffled[:k]), sorted(shuffled[k:])
     if split == "train":
         return [Sample(p, 0) for p in train]
-    abnormal = list_images(spec.abnormal_dir)
-    if not abnormal:
-        raise UserError(f"no images in --abnormal_dir {spec.abnormal_dir}")
     samples, missing = [Sample(p, 0) for p in test_normal], []
-    for p in abnormal:
-        mask = find_by_stem(spec.mask_dir, _stem(p)) if spec.mask_dir else None
-        if spec.mask_dir and mask is None:
-            missing.append(os.path.basename(p))
-        samples.append(Sample(p, 1, mask=mask, defect="abnormal"))
-    return _check_test(samples, spec.abnormal_dir, missing, spec.mask_dir or "")
+    for folder in spec.abnormal_dir:
+        abnormal = list_images(folder)
+        if not abnormal:
+            raise UserError(f"no images in --abnormal_dir {folder}")
+        defect = os.path.basename(os.path.normpath(folder)) if len(spec.abnormal_dir) > 1 else "abnormal"
+        for p in abnormal:
+            # masks matched by name: first in the mask folder of the same position, then in any mask folder
+            own = [spec.mask_dir[spec.abnormal_dir.index(folder)]] if len(spec.mask_dir) == len(spec.abnormal_dir) else []
+            mask = next((m for d in own + list(spec.mask_dir) for m in [find_by_stem(d, _stem(p))] if m), None)
+            if spec.mask_dir and mask is None:
+                missing.append(os.path.relpath(p, os.path.dirname(os.path.normpath(folder))))
+            samples.append(Sample(p, 1, mask=mask, defect=defect))
+    return _check_test(samples, ", ".join(spec.abnormal_dir), missing, ", ".join(spec.mask_dir))
 
 
 def class_root(dataset_dir: str, dataset: str, class_name: str) -> str:
@@ -213,6 +217,10 @@ def available_classes(dataset: str, dataset_dir: str) -> List[str]:
     if not os.path.isdir(dataset_dir):
         raise UserError(f"dataset folder not found: {dataset_dir}")
     present = [c for c in known if os.path.isdir(os.path.join(dataset_dir, c))]
+    if registry.accepts_any_class(dataset):  # the user's own products in the same layout
+        layout_dir = os.path.join("Data", "Images") if dataset == "visa" else "train"
+        present += sorted(c for c in os.listdir(dataset_dir) if c not in known
+                          and os.path.isdir(os.path.join(dataset_dir, c, layout_dir)))
     if len(known) == 1 and not present and os.path.isdir(os.path.join(dataset_dir, "train")):
         present = list(known)
     if not present:
@@ -231,7 +239,7 @@ def make_samples(dataset: str, dataset_dir: str, class_name: str, split: str,
             raise UserError("--dataset folder needs --normal_dir and --abnormal_dir")
         return folder_layout(folder, split)
     known = registry.classes(dataset)
-    if known and class_name not in known:
+    if known and class_name not in known and not registry.accepts_any_class(dataset):
         raise UserError(f"unknown class '{class_name}' for {dataset}: expected one of {', '.join(known)}")
     root = class_root(dataset_dir, dataset, class_name)
     if dataset == "visa":

@@ -82,6 +82,10 @@ def train_dataset(cfg: RunConfig, patch_size: int) -> AnomalyDataset:
     if not whole and d.foreground == "auto" and given < len(items):
         items = with_estimated_foreground(items, d.cache_dir)
     min_size = d.min_patch_size or registry.min_patch_size(d.dataset, d.class_name)
+    if d.dataset != "folder" and not registry.is_known_class(d.dataset, d.class_name):
+        log.info("class '%s' is not one of %s's own: %s layout, default pseudo-anomaly lower bound %d px, "
+                 "foreground %s", d.class_name, d.dataset, d.dataset, min_size,
+                 "whole image" if whole else "from masks where given, else estimated")
     log.info("train: %d normal images; foreground: %s; pseudo-anomaly min size %d px", len(items),
              "whole image" if whole else f"{given} given, {len(items) - given} estimated", min_size)
     return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, PseudoAnomalyGenerator(min_size),

@@ -3,7 +3,10 @@
 Image scores are the mean of the top-k patch logits; anomaly maps are the smoothed, upsampled patch logits.
 Every attacked setting records its post-attack checks (max |delta| vs eps, range, NaN, zero-gradient share).
 """
+import dataclasses
+import hashlib
 import itertools
+import json
 import os
 import time
 from typing import Optional
@@ -14,10 +17,10 @@ from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
 from engine.common import autocast, loader, log, resolve_device, test_dataset
-from models.patchguard import PatchGuard
+from models.patchguard import PatchGuard, check_readout
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import load_model
-from utils.config import RunConfig
+from utils.config import READOUT_KEYS, RunConfig
 from utils.figures import pyplot, save_figure
 from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate
@@ -81,9 +84,18 @@ def checkpoint_path(cfg: RunConfig) -> str:
 
 
 def load_for_evaluation(cfg: RunConfig):
-    """(model in eval mode on its device, device) from --checkpoint or the run's final checkpoint."""
+    """(model in eval mode on its device, device) from --checkpoint or the run's final checkpoint.
+
+    Read-out options given explicitly (--top_k, --smoothing_sigma, --smoothing_radius) replace the checkpoint's:
+    they change no weight. The log says which values are used and where each came from.
+    """
     device = resolve_device(cfg.device)
     model, _ = load_model(checkpoint_path(cfg), cfg.model)
+    given = {k: getattr(cfg.eval, k) for k in READOUT_KEYS if getattr(cfg.eval, k) is not None}
+    model.cfg = dataclasses.replace(model.cfg, **given)
+    check_readout(model.cfg, model.num_patches)
+    log.info("read-out: %s", ", ".join(f"{k} {getattr(model.cfg, k):g} ({'command line' if k in given else 'checkpoint'})"
+                                       for k in READOUT_KEYS))
     return model.to(device).eval(), device
 
 
@@ -91,11 +103,45 @@ def attack_settings(cfg: RunConfig):
     e = cfg.eval
     if not e.adv_test:
         return []
+    if 0 in e.epsilon_test or 0 in e.step_test:
+        log.info("eps 0 or 0 steps leave the images clean: reported once, as the clean setting")
     return [(a, eps, steps) for a, eps, steps in itertools.product(e.attack, e.epsilon_test, e.step_test)
             if steps > 0 and eps > 0]
 
 
+def setting_key(cfg: RunConfig, model: PatchGuard, name: str, eps: float, steps: int) -> dict:
+    """What a setting's numbers depend on besides the checkpoint: equal keys, equal results."""
+    key = {"attack": name, "eps_255": round(eps * 255, 6), "steps": steps,
+           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "bf16": cfg.bf16}
+    if name != "none":
+        e = cfg.eval
+        key.update(attack_target=e.attack_target, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed)
+    return key
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finished_settings(metrics_path: str, digest: str) -> list:
+    """Settings already in metrics.json for the same checkpoint file (by content), else none."""
+    try:
+        with open(metrics_path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or old.get("checkpoint_sha256") != digest:
+        return []
+    return [s for s in old.get("settings", []) if isinstance(s, dict) and "key" in s]
+
+
 def run_test(cfg: RunConfig) -> dict:
+    """Clean, then every attack setting; metrics.json is rewritten (atomically) after each setting, and a re-run
+    for the same checkpoint skips the settings it already holds (--recompute runs them again)."""
     ensure_writable_dir(cfg.output_dir)
     path = checkpoint_path(cfg)
     model, device = load_for_evaluation(cfg)
@@ -104,35 +150,55 @@ def run_test(cfg: RunConfig) -> dict:
     n_anom = sum(s.label for s in dataset.samples)
     log.info("test: %s, %d images (%d anomalous)%s", path, len(dataset), n_anom,
              "" if dataset.has_masks else "; no pixel masks: image metrics only")
-    results = {"checkpoint": os.path.abspath(path), "dataset": cfg.data.dataset, "class_name": cfg.data.class_name,
-               "num_images": len(dataset), "num_anomalous": n_anom, "attack_target": cfg.eval.attack_target,
-               "settings": []}
+    metrics_path = os.path.join(cfg.output_dir, "metrics.json")
+    digest = file_digest(path)
+    done = [] if cfg.eval.recompute else finished_settings(metrics_path, digest)
+    results = {"checkpoint": os.path.abspath(path), "checkpoint_sha256": digest, "dataset": cfg.data.dataset,
+               "class_name": cfg.data.class_name, "num_images": len(dataset), "num_anomalous": n_anom,
+               "attack_target": cfg.eval.attack_target, "settings": list(done)}
+    requested = []
     total_start = time.time()
     for name, eps, steps in [("none", 0.0, 0)] + attack_settings(cfg):
-        attack = None if name == "none" else make_attack(name, model, eps, steps, cfg)
-        t0 = time.time()
-        desc = "clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255"
-        pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm,
-                       target=cfg.eval.attack_target)
-        t1 = time.time()
-        setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps,
-                   **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], dataset.has_masks)}
-        setting.update(seconds=time.time() - t0, metrics_seconds=time.time() - t1)
-        if attack is not None:
-            setting.update(repr=repr(attack), random_start=cfg.eval.random_start, restarts=cfg.eval.restarts)
-            if pred["report"] is not None:
-                setting["checks"] = pred["report"].as_dict()
-                if not pred["report"].ok:
-                    log.warning("attack check failed for %s: %s", desc, pred["report"].as_dict())
-        results["settings"].append(setting)
+        key = setting_key(cfg, model, name, eps, steps)
+        previous = next((s for s in done if s["key"] == key), None)
+        if previous is not None:
+            log.info("%s: already in %s for this checkpoint, skipped (--recompute runs it again)",
+                     setting_label(previous), metrics_path)
+            requested.append(previous)
+            continue
+        setting = run_setting(cfg, model, device, batches, dataset.has_masks, name, eps, steps)
+        setting["key"] = key
+        results["settings"] = [s for s in results["settings"] if s["key"] != key] + [setting]
+        requested.append(setting)
+        write_json(metrics_path, results)  # finished settings survive a crash or Ctrl-C in the next one
     results["seconds"] = time.time() - total_start
-    results["metrics_seconds"] = sum(s["metrics_seconds"] for s in results["settings"])
-    write_json(os.path.join(cfg.output_dir, "metrics.json"), results)
-    save_sweep_plots(results, os.path.join(cfg.output_dir, "plots"))
-    log.info("\n%s", format_table(results))
+    results["metrics_seconds"] = sum(s["metrics_seconds"] for s in requested)
+    write_json(metrics_path, results)
+    shown = dict(results, settings=requested)
+    save_sweep_plots(shown, os.path.join(cfg.output_dir, "plots"))
+    log.info("\n%s", format_table(shown))
     log.info("evaluation %.1fs, of which metrics %.2fs; wrote %s", results["seconds"], results["metrics_seconds"],
-             os.path.join(cfg.output_dir, "metrics.json"))
-    return results
+             metrics_path)
+    return shown
+
+
+def run_setting(cfg: RunConfig, model: PatchGuard, device, batches, has_masks: bool, name: str, eps: float,
+                steps: int) -> dict:
+    attack = None if name == "none" else make_attack(name, model, eps, steps, cfg)
+    t0 = time.time()
+    desc = "clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255"
+    pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm, target=cfg.eval.attack_target)
+    t1 = time.time()
+    setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps,
+               **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
+    setting.update(seconds=time.time() - t0, metrics_seconds=time.time() - t1)
+    if attack is not None:
+        setting.update(repr=repr(attack), random_start=cfg.eval.random_start, restarts=cfg.eval.restarts)
+        if pred["report"] is not None:
+            setting["checks"] = pred["report"].as_dict()
+            if not pred["report"].ok:
+                log.warning("attack check failed for %s: %s", desc, pred["report"].as_dict())
+    return setting
 
 
 def setting_label(s: dict) -> str:

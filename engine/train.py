@@ -31,7 +31,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device
     normal_labels = torch.zeros_like(pseudo_labels)
     b = len(normal)
     groups = [(normal, normal_labels), (pseudo, pseudo_labels)]
-    if t.adv_train and t.step_train > 0:
+    if t.adv_train:
         attack = PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode)
         with autocast(device, cfg.bf16):
             adv = attack(torch.cat([normal, pseudo]), torch.cat([normal_labels, pseudo_labels]))
@@ -52,8 +52,19 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device
     return loss.item()
 
 
+def refuse_to_overwrite(cfg: RunConfig) -> None:
+    """A new training run never replaces another run's checkpoints unless asked (--resume or --overwrite)."""
+    if cfg.train.resume or cfg.train.overwrite:
+        return
+    for path, what in ((cfg.final_checkpoint, "a finished model"), (cfg.last_checkpoint, "an unfinished run")):
+        if os.path.exists(path):
+            raise UserError(f"{path} holds {what}; continue it with --resume, train into a new --output_dir, "
+                            f"or replace it with --overwrite")
+
+
 def run_train(cfg: RunConfig) -> str:
     """Train and return the path of the final checkpoint."""
+    refuse_to_overwrite(cfg)
     ensure_writable_dir(cfg.output_dir)
     ensure_writable_dir(cfg.checkpoints)
     device = resolve_device(cfg.device)
@@ -79,6 +90,8 @@ def run_train(cfg: RunConfig) -> str:
              model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
     if t.adv_train:
         log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode))
+    else:
+        log.info("training attack: none (clean training: --no_adv_train, --step_train 0 or --epsilon_train 0)")
 
     history_path = os.path.join(cfg.output_dir, "train.csv")
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not cfg.tqdm, initial=start_epoch,

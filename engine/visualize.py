@@ -43,53 +43,68 @@ def run_visualization(cfg: RunConfig) -> str:
     lo, hi = heat_scale(clean_all["maps"])
     indices = pick_indices([s.label for s in dataset.samples], cfg.eval.num_visualization)
     e = cfg.eval
-    attack = make_attack(e.attack[0], model, e.epsilon_visualization, e.step_visualization, cfg)
+    attack = None
+    if e.adv_test and e.step_visualization > 0 and e.epsilon_visualization > 0:
+        attack = make_attack(e.attack[0], model, e.epsilon_visualization, e.step_visualization, cfg)
+    else:
+        log.info("pictures without an attacked column (--no_adv_test, --step_visualization 0 or "
+                 "--epsilon_visualization 0)")
     batches = loader(Subset(dataset, indices), cfg.data.test_batch_size, cfg.data.num_workers)
-    adv = predict(model, batches, device, cfg.bf16, attack, show=cfg.tqdm, keep_images=True, desc="attacking")
+    adv = predict(model, batches, device, cfg.bf16, attack, show=cfg.tqdm, keep_images=True, desc="attacking",
+                  target=e.attack_target)
     out_dir = os.path.join(cfg.output_dir, "visualization")
     entries = []
     for k, i in enumerate(indices):
         sample = dataset.samples[i]
         stem = os.path.splitext(os.path.basename(sample.image))[0]
         name = f"{k:04d}_{sample.defect}_{stem}.png"
+        attacked = attack is not None and cfg.eval.attack_target in ("both", ("normal", "anomalous")[sample.label])
         save_composite(os.path.join(out_dir, name), dataset.images[i], clean_all["masks"][i], clean_all["maps"][i],
                        adv["images"][k].permute(1, 2, 0).numpy(), adv["maps"][k], (lo, hi),
-                       clean_all["scores"][i], adv["scores"][k], sample.label, attack)
+                       clean_all["scores"][i], adv["scores"][k], sample.label, attack if attacked else None)
         entries.append({"file": name, "image": sample.image, "defect": sample.defect, "label": int(sample.label),
-                        "clean_score": float(clean_all["scores"][i]), "attacked_score": float(adv["scores"][k])})
-    write_index(os.path.join(out_dir, "index.html"), entries, cfg, repr(attack))
+                        "clean_score": float(clean_all["scores"][i]),
+                        "attacked_score": float(adv["scores"][k]) if attacked else None})
+    described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
+    write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described)
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
 
 def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, clean_score, attacked_score, label,
                    attack):
+    """Image, ground truth, clean heatmap and, when `attack` is given, the attacked image and its heatmap."""
     plt = pyplot()
     lo, hi = scale
-    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+    fig, axes = plt.subplots(1, 5 if attack is not None else 3, figsize=(15 if attack is not None else 9, 3.4))
     axes[0].imshow(image)
     axes[0].set_title("anomalous" if label else "normal")
     axes[1].imshow(image)
     if mask.any():
         axes[1].contour(mask, levels=[0.5], colors="lime", linewidths=1)
     axes[1].set_title("ground truth" if mask.any() else "ground truth (none)")
-    axes[2].imshow(clean_map, cmap="jet", vmin=lo, vmax=hi)
+    im = axes[2].imshow(clean_map, cmap="jet", vmin=lo, vmax=hi)
     axes[2].set_title(f"clean, score {clean_score:.2f}")
-    axes[3].imshow(np.clip(attacked, 0, 1))
-    axes[3].set_title(f"{type(attack).__name__}-{attack.steps} eps {attack.eps * 255:g}/255")
-    im = axes[4].imshow(attacked_map, cmap="jet", vmin=lo, vmax=hi)
-    axes[4].set_title(f"attacked, score {attacked_score:.2f}")
+    if attack is not None:
+        axes[3].imshow(np.clip(attacked, 0, 1))
+        axes[3].set_title(f"{type(attack).__name__}-{attack.steps} eps {attack.eps * 255:g}/255")
+        im = axes[4].imshow(attacked_map, cmap="jet", vmin=lo, vmax=hi)
+        axes[4].set_title(f"attacked, score {attacked_score:.2f}")
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
     save_figure(fig, path)
 
 
+def _score(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def write_index(path: str, entries, cfg: RunConfig, attack: str) -> None:
     rows = "\n".join(
         f'<tr class="{"anomalous" if e["label"] else "normal"}"><td>{k}</td>'
         f'<td>{html.escape(e["defect"])}</td><td>{html.escape(os.path.basename(e["image"]))}</td>'
-        f'<td>{e["clean_score"]:.3f}</td><td>{e["attacked_score"]:.3f}</td>'
+        f'<td>{e["clean_score"]:.3f}</td><td>{_score(e["attacked_score"])}</td>'
         f'<td><a href="{html.escape(e["file"])}"><img src="{html.escape(e["file"])}" loading="lazy"></a></td></tr>'
         for k, e in enumerate(entries))
     page = f"""<!DOCTYPE html>

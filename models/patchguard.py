@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from models.backbone import FeatureExtractor
 from models.discriminator import Discriminator
+from utils.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class ModelConfig:
         return cls(**d)
 
 
+def check_readout(cfg: ModelConfig, num_patches: int) -> None:
+    if cfg.top_k > num_patches:
+        raise UserError(f"--top_k {cfg.top_k} is more than the {num_patches} patches of a {cfg.image_size}px image")
+
+
 class PatchGuard(nn.Module):
     """forward(images in [0, 1], (B, 3, H, W)) -> patch logits (B, N). Higher = more anomalous."""
 
@@ -43,6 +49,10 @@ class PatchGuard(nn.Module):
         )
         fe = self.feature_extractor
         self.num_patches, self.patch_size, self.grid_size = fe.num_patches, fe.patch_size, fe.grid_size
+        if fe.embed_dim % cfg.dsc_heads:
+            raise UserError(f"--dsc_heads {cfg.dsc_heads} does not divide {cfg.backbone}'s width {fe.embed_dim}; "
+                            f"use a divisor such as 4 (official), 2 or 1")
+        check_readout(cfg, self.num_patches)
         self.discriminator = Discriminator(
             fe.embed_dim, cfg.hidden_dim, fe.num_patches, cfg.dsc_layers, cfg.dsc_heads, cfg.dsc_dropout
         )

@@ -70,7 +70,7 @@ def test_missing_mask_is_named(demo_root, tmp_path):
 
 
 def test_unknown_class_lists_valid_ones(demo_root):
-    with pytest.raises(UserError, match="expected one of widget"):
+    with pytest.raises(UserError, match="class 'gadget' not found.*classes of demo: widget"):
         make_samples("demo", demo_root, "gadget", "train")
     with pytest.raises(UserError, match="unknown dataset 'imagenet'"):
         make_samples("imagenet", demo_root, "widget", "train")

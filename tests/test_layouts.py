@@ -105,13 +105,13 @@ def test_folder_dataset_with_seeded_split(tmp_path):
     for i in range(3):
         img(f"{tmp_path}/bad/b{i}.png")
         img(f"{tmp_path}/masks/b{i}_mask.png", mode="L")
-    spec = FolderSpec(str(tmp_path / "normal"), str(tmp_path / "bad"), str(tmp_path / "masks"))
+    spec = FolderSpec(str(tmp_path / "normal"), (str(tmp_path / "bad"),), (str(tmp_path / "masks"),))
     train = make_samples("folder", "", "mine", "train", folder=spec)
     test = make_samples("folder", "", "mine", "test", folder=spec)
     assert counts(train) == (8, 0, 0) and counts(test) == (5, 3, 3)
     assert not {s.image for s in train} & {s.image for s in test}
     assert make_samples("folder", "", "mine", "train", folder=spec) == train  # seeded
-    no_masks = FolderSpec(str(tmp_path / "normal"), str(tmp_path / "bad"), normal_test_dir=str(tmp_path / "normal"))
+    no_masks = FolderSpec(str(tmp_path / "normal"), (str(tmp_path / "bad"),), normal_test_dir=str(tmp_path / "normal"))
     assert counts(make_samples("folder", "", "mine", "test", folder=no_masks)) == (13, 3, 0)
 
 

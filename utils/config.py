@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from datasets.registry import DATASETS
 from models.patchguard import ModelConfig
 from utils.errors import UserError
 
@@ -23,8 +24,8 @@ class DataConfig:
     visa_split: str = "csv"           # csv: split_csv/1cls.csv; foreground: official rule
     on_corrupt: str = "stop"          # stop or skip unreadable images
     normal_dir: Optional[str] = None  # --dataset folder
-    abnormal_dir: Optional[str] = None
-    mask_dir: Optional[str] = None
+    abnormal_dir: Tuple[str, ...] = ()
+    mask_dir: Tuple[str, ...] = ()
     normal_test_dir: Optional[str] = None
     min_patch_size: Optional[int] = None  # None: the class's official lower bound
     train_batch_size: int = 16
@@ -46,6 +47,7 @@ class TrainConfig:
     reg_weights: Tuple[float, ...] = (0.005, 0.01, 0.05)
     save_every: int = 50
     resume: bool = False
+    overwrite: bool = False           # train again over a finished model in the same checkpoint folder
     backbone_weights: Optional[str] = None
 
 
@@ -58,6 +60,11 @@ class EvalConfig:
     attack_target: str = "both"       # both, normal or anomalous test images are attacked
     random_start: bool = False
     restarts: int = 1
+    recompute: bool = False           # re-run settings already in metrics.json for the same checkpoint
+    # read-out options given explicitly: they override the checkpoint's (None: keep the checkpoint's)
+    top_k: Optional[int] = None
+    smoothing_sigma: Optional[float] = None
+    smoothing_radius: Optional[int] = None
     predict_dir: Optional[str] = None
     threshold_dir: Optional[str] = None
     threshold_quantile: float = 0.99
@@ -106,8 +113,15 @@ class RunConfig:
         return dataclasses.replace(self, output_dir=output_dir, data=dataclasses.replace(self.data, class_name=class_name))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes become one-line errors with exit code 2 (main prints them), not usage dumps."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python main.py --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         description="PatchGuard: adversarially robust anomaly detection and localization with ViTs and pseudo anomalies.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="JSON file of option defaults (keys = option names), or a run's own "
@@ -126,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="download the official checkpoint into --checkpoint_dir first")
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mvtec")
+    g.add_argument("--dataset", choices=tuple(DATASETS), default="mvtec")
     g.add_argument("--class_name", default=None)
     g.add_argument("--dataset_dir", default=None)
     g.add_argument("--foreground_dir", help="folder of foreground masks named like the training images")
@@ -139,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on_corrupt", choices=("stop", "skip"), default="stop",
                    help="unreadable image files: stop with an error, or skip them with a warning")
     g.add_argument("--normal_dir", help="--dataset folder: normal images (training, and test unless --normal_test_dir)")
-    g.add_argument("--abnormal_dir", help="--dataset folder: anomalous test images")
-    g.add_argument("--mask_dir", help="--dataset folder: pixel masks named like the anomalous images")
+    g.add_argument("--abnormal_dir", nargs="+", default=[],
+                   help="--dataset folder: one or more folders of anomalous test images")
+    g.add_argument("--mask_dir", nargs="+", default=[],
+                   help="--dataset folder: one or more folders of pixel masks named like the anomalous images")
     g.add_argument("--normal_test_dir", help="--dataset folder: normal test images (else 20%% of --normal_dir)")
     g.add_argument("--min_patch_size", type=int, help="pseudo-anomaly lower bound in px (default: official per class)")
     g.add_argument("--train_batch_size", type=int, default=16)
@@ -159,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden_dim", type=int, default=2048)
     g.add_argument("--dsc_layers", type=int, default=1)
     g.add_argument("--dsc_heads", type=int, default=4)
-    g.add_argument("--top_k", type=int, default=3)
-    g.add_argument("--smoothing_sigma", type=float, default=6)
-    g.add_argument("--smoothing_radius", type=int, default=7)
+    g.add_argument("--top_k", type=int, help="image score = mean of the top-k patch logits (default 3; given at "
+                                            "test time, overrides the checkpoint's)")
+    g.add_argument("--smoothing_sigma", type=float, help="Gaussian sigma on the upsampled map (default 6; given at "
+                                                         "test time, overrides the checkpoint's)")
+    g.add_argument("--smoothing_radius", type=int, help="Gaussian radius in px (default 7; as --smoothing_sigma)")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=1000)
@@ -178,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_every", type=int, default=50, help="keep a numbered checkpoint every N epochs")
     g.add_argument("--resume", action="store_true",
                    help="continue from <checkpoint_dir>/patchguard_<dataset>_<class>_last.pth")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train from scratch even where a previous run left checkpoints (they are replaced)")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--no_adv_test", action="store_false", dest="adv_test")
@@ -188,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack all test images, or only the normal or only the anomalous ones")
     g.add_argument("--random_start", action="store_true")
     g.add_argument("--restarts", type=int, default=1)
+    g.add_argument("--recompute", action="store_true",
+                   help="re-run attack settings already in metrics.json for the same checkpoint (default: skip them)")
     g.add_argument("--epsilon_visualization", type=float, default=8)
     g.add_argument("--step_visualization", type=int, default=10)
     g.add_argument("--num_visualization", type=int, default=8, help="test images to draw; 0: all")
@@ -205,24 +227,49 @@ def parse_config(argv=None) -> RunConfig:
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        try:
-            with open(pre.config) as f:
-                defaults = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read config file {pre.config}: {e}") from None
-        if not isinstance(defaults, dict):
-            raise UserError(f"{pre.config} must hold a JSON object of option names and values")
-        if any(isinstance(v, dict) for v in defaults.values()):
-            defaults = flatten_run_config(defaults)
-        actions = {a.dest: a for a in parser._actions}
-        unknown = sorted(set(defaults) - set(actions))
-        if unknown:
-            raise UserError(f"unknown keys in {pre.config}: {', '.join(unknown)}")
-        parser.set_defaults(**{k: _coerce(actions[k], v, pre.config) for k, v in defaults.items()})
+        parser.set_defaults(**config_file_defaults(parser, pre.config))
     return config_from_args(parser.parse_args(argv))
 
 
-RUN_ONLY_KEYS = {"mode", "resume", "dsc_dropout"}  # not carried over from a run's config.json
+def config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    """A JSON config file as parser defaults. Keys are option names as on the command line (`no_reg`, `hf_path`)
+    or their destinations (`use_reg`, `backbone`); a flag's key with true means the flag was given."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold a JSON object of option names and values")
+    if any(isinstance(v, dict) for v in values.values()):
+        values = flatten_run_config(values)
+    by_dest = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    by_option = {o.lstrip("-"): a for a in by_dest.values() for o in a.option_strings}
+    unknown = sorted(k for k in values if k not in by_dest and k not in by_option)
+    if unknown:
+        raise UserError(f"unknown keys in {path}: {', '.join(unknown)} (keys are option names, e.g. epochs, no_reg)")
+    defaults = {}
+    for key, value in values.items():
+        action = by_dest.get(key) or by_option[key]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            value = _strict_bool(value, key, path)
+            if key != action.dest:  # the flag's own name: true = the flag was given
+                value = action.const if value else action.default
+        else:
+            value = _coerce(action, value, path)
+        defaults[action.dest] = value
+    return defaults
+
+
+def _strict_bool(value, key: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise UserError(f"{where}: '{key}' must be true or false, got {value!r}")
+
+
+RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout"}  # not carried over from a run's config.json
 RENAMED = {"attack_mode": "train_attack_mode"}
 IN_255_UNITS = {"epsilon_train", "epsilon_test", "epsilon_visualization"}
 
@@ -260,6 +307,9 @@ def _coerce(action: argparse.Action, value, where: str):
     return items[0]
 
 
+READOUT_KEYS = ("top_k", "smoothing_sigma", "smoothing_radius")  # change no weights: may override a checkpoint's
+
+
 def _positive(name: str, value) -> None:
     if value is None or value <= 0:
         raise UserError(f"--{name} must be positive, got {value}")
@@ -277,12 +327,23 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         raise UserError("--dataset_dir is required (the folder that holds the class folders)")
     if a.mode == "predict" and not a.predict_dir:
         raise UserError("--mode predict needs --predict_dir (a folder of images to score)")
-    if any(n < 0 for n in a.step_test):
-        raise UserError(f"--step_test values must be >= 0, got {a.step_test}")
+    if a.checkpoint and a.class_name == "all":
+        raise UserError("--checkpoint names one class's model; with --class_name all each class uses its own "
+                        "(give --checkpoint_dir, or one --class_name)")
+    for name in ("step_test", "step_train", "step_visualization", "save_every", "num_visualization"):
+        values = getattr(a, name)
+        if any(n < 0 for n in (values if isinstance(values, list) else [values])):
+            raise UserError(f"--{name} must be >= 0, got {values}")
     if not 0 < a.threshold_quantile <= 1:
         raise UserError(f"--threshold_quantile must be in (0, 1], got {a.threshold_quantile}")
-    for name in ("image_size", "epochs", "train_batch_size", "test_batch_size", "top_k", "restarts"):
+    for name in ("image_size", "epochs", "train_batch_size", "test_batch_size", "restarts", "hidden_dim",
+                 "dsc_layers", "dsc_heads", "lr"):
         _positive(name, getattr(a, name))
+    for name in ("top_k", "smoothing_radius", "min_patch_size", "patch_size"):
+        if getattr(a, name) is not None:
+            _positive(name, getattr(a, name))
+    if a.smoothing_sigma is not None and a.smoothing_sigma < 0:
+        raise UserError(f"--smoothing_sigma must be >= 0, got {a.smoothing_sigma}")
     if a.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {a.num_workers}")
     if a.use_reg and len(a.reg_weights) != len(a.reg_layers):
@@ -294,8 +355,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     model = ModelConfig(
         backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
         feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers), hidden_dim=a.hidden_dim,
-        dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads, top_k=a.top_k,
-        smoothing_sigma=a.smoothing_sigma, smoothing_radius=a.smoothing_radius)
+        dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads,
+        **{k: getattr(a, k) for k in READOUT_KEYS if getattr(a, k) is not None})
     return RunConfig(
         mode=a.mode, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
         checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm,
@@ -303,17 +364,18 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
                         foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
                         visa_split=a.visa_split, on_corrupt=a.on_corrupt, normal_dir=a.normal_dir,
-                        abnormal_dir=a.abnormal_dir, mask_dir=a.mask_dir, normal_test_dir=a.normal_test_dir,
+                        abnormal_dir=tuple(a.abnormal_dir), mask_dir=tuple(a.mask_dir), normal_test_dir=a.normal_test_dir,
                         min_patch_size=a.min_patch_size,
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
                         num_workers=a.num_workers),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
-                          adv_train=a.adv_train, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
+                          adv_train=a.adv_train and a.step_train > 0 and a.epsilon_train > 0, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
                           attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
-                          save_every=a.save_every, resume=a.resume, backbone_weights=a.backbone_weights),
+                          save_every=a.save_every, resume=a.resume, overwrite=a.overwrite, backbone_weights=a.backbone_weights),
         eval=EvalConfig(adv_test=a.adv_test, attack=tuple(dict.fromkeys(a.attack)),
                         epsilon_test=tuple(e / 255 for e in a.epsilon_test), step_test=tuple(a.step_test),
                         attack_target=a.attack_target, random_start=a.random_start, restarts=a.restarts,
+                        recompute=a.recompute, **{k: getattr(a, k) for k in READOUT_KEYS},
                         predict_dir=a.predict_dir, threshold_dir=a.threshold_dir,
                         threshold_quantile=a.threshold_quantile,
                         epsilon_visualization=a.epsilon_visualization / 255, step_visualization=a.step_visualization,

@@ -122,6 +122,10 @@ def _area_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 
 def evaluate(scores, labels, maps=None, masks=None, pixel: bool = True) -> Dict[str, Optional[float]]:
     """Image metrics, plus pixel AUROC/AP/F1-max and AUPRO from a single sort when masks are given."""
+    bad = int((~np.isfinite(np.asarray(scores, dtype=np.float64))).sum())
+    if bad:
+        raise UserError(f"{bad} of {len(scores)} image scores are NaN or infinite: the model's outputs are not finite "
+                        f"(diverged training or a damaged checkpoint); metrics cannot be computed")
     image = curve_metrics(scores, labels)
     out = {"image_auroc": image["auroc"], "image_ap": image["ap"], "image_f1_max": image["f1_max"]}
     if not (pixel and maps is not None and masks is not None):
