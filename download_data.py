@@ -8,9 +8,10 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 
 from datasets import registry
-from utils.download import extract, fetch, gdown_fetch, gdown_folder_files
+from utils.download import extract, fetch, gdown_fetch, gdown_folder_files, replace_path
 from utils.errors import UserError
 
 # dataset -> (archive URL or None when it needs a registration/manual step, official page,
@@ -33,8 +34,11 @@ SOURCES = {
 }
 
 
-def download_dataset(dataset: str, target: str, url: str = None, masks: bool = True) -> str:
-    """Fetch and extract `dataset` so that `target` holds its class folders (the --dataset_dir of main.py)."""
+def download_dataset(dataset: str, target: str, url: str = None, masks: bool = True, replace: bool = False) -> str:
+    """Fetch and extract `dataset` so that `target` holds its class folders (the --dataset_dir of main.py).
+
+    Folders and masks already there are kept unless `replace`; nothing is deleted before its replacement is complete.
+    """
     if dataset not in SOURCES:
         raise UserError(f"unknown dataset '{dataset}': expected one of {', '.join(SOURCES)}")
     archive_url, page, fg = SOURCES[dataset]
@@ -42,28 +46,32 @@ def download_dataset(dataset: str, target: str, url: str = None, masks: bool = T
     if archive_url:
         archive = os.path.join(target, ".downloads", os.path.basename(archive_url.split("?")[0]))
         fetch(archive_url, archive)
-        extract(archive, target)
-        print(f"extracted {archive} into {target}")
+        kept = extract(archive, target, replace)
+        print(f"extracted {archive} into {target}"
+              + (f"; kept what was already there: {', '.join(sorted(kept))} (--replace to overwrite)" if kept else ""))
     elif not os.path.isdir(target):
         raise UserError(f"{dataset} needs a manual download (registration or licence): get it from {page} and "
                         f"extract it into {target}/<class>/ in its distributed layout, then rerun for the masks")
     if masks and fg:
-        download_foreground_masks(dataset, target, fg)
+        download_foreground_masks(dataset, target, fg, replace)
     return target
 
 
-def download_foreground_masks(dataset: str, target: str, fg) -> None:
-    """Official masks go to <class>/train/foreground_mask (VisA: <class>/Data/Images/foreground_mask)."""
+def download_foreground_masks(dataset: str, target: str, fg, replace: bool = False) -> None:
+    """Official masks go to <class>/train/foreground_mask (VisA: <class>/Data/Images/foreground_mask).
+
+    Where that folder exists, only missing masks are added, unless `replace` (swapped in once complete).
+    """
     kind, drive_id = fg
     staging = os.path.join(target, ".foreground_download")
     if kind == "file":
         archive = gdown_fetch(drive_id, os.path.join(staging, f"{dataset}_foreground.zip"))
-        extract(archive, staging)
+        extract(archive, staging, replace=True)
     else:
         for name, file_id in gdown_folder_files(drive_id, staging):
             path = gdown_fetch(file_id, os.path.join(staging, name))
             if path.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz")):
-                extract(path, staging)
+                extract(path, staging, replace=True)
     placed = 0
     for class_name in registry.classes(dataset):
         src = next((os.path.join(dp) for dp, dn, _ in os.walk(staging)
@@ -73,9 +81,17 @@ def download_foreground_masks(dataset: str, target: str, fg) -> None:
         fg_src = next((os.path.join(dp) for dp, _, fn in os.walk(src) if fn and "foreground" in dp), src)
         dest = (os.path.join(target, class_name, "Data", "Images", "foreground_mask") if dataset == "visa"
                 else os.path.join(target, class_name, "train", "foreground_mask"))
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        shutil.copytree(fg_src, dest)
+        if os.path.isdir(dest) and not replace:
+            added = [f for f in os.listdir(fg_src) if not os.path.exists(os.path.join(dest, f))]
+            for f in added:
+                shutil.copy2(os.path.join(fg_src, f), os.path.join(dest, f))
+            print(f"{dest} exists: kept its masks, added {len(added)} missing ones (--replace to overwrite)")
+        else:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            staged = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=".masks-")
+            shutil.copytree(fg_src, os.path.join(staged, "masks"))
+            replace_path(os.path.join(staged, "masks"), dest)
+            shutil.rmtree(staged, ignore_errors=True)
         placed += 1
     print(f"foreground masks placed for {placed} classes of {dataset}")
 
@@ -86,9 +102,11 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="data", help="datasets go to <root>/<dataset>")
     p.add_argument("--url", help="download the archive from this mirror instead")
     p.add_argument("--no_masks", action="store_false", dest="masks", help="skip the official foreground masks")
+    p.add_argument("--replace", action="store_true",
+                   help="replace class folders and foreground masks that already exist (default: keep them)")
     a = p.parse_args(argv)
     try:
-        download_dataset(a.dataset, os.path.join(a.root, a.dataset), a.url, a.masks)
+        download_dataset(a.dataset, os.path.join(a.root, a.dataset), a.url, a.masks, a.replace)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

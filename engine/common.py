@@ -16,6 +16,7 @@ from datasets.pseudo_anomaly import PseudoAnomalyGenerator
 from datasets.foreground import default_cache_dir, foreground_for
 from datasets.samples import FolderSpec, Sample, make_samples
 from utils.config import RunConfig
+from utils.errors import UserError
 
 log = logging.getLogger("patchguard")
 
@@ -59,12 +60,22 @@ def whole_image_foreground(cfg: RunConfig) -> bool:
     return cfg.data.foreground == "none" or registry.uses_whole_image(cfg.data.dataset, cfg.data.class_name)
 
 
-def with_estimated_foreground(items: List[Sample], cache_dir: Optional[str]) -> List[Sample]:
-    """Fill in estimated (cached) foreground masks where none was given."""
+def with_estimated_foreground(items: List[Sample], cache_dir: Optional[str], skip_corrupt: bool) -> List[Sample]:
+    """Fill in estimated (cached) foreground masks where none was given. With `skip_corrupt`, an unreadable image
+    keeps no mask here; the dataset then skips it and lists it with the others."""
     todo = [s for s in items if s.foreground is None]
     if todo:
         log.info("estimating foreground masks for %d images (cache: %s)", len(todo), cache_dir or default_cache_dir())
-    return [s if s.foreground else replace(s, foreground=foreground_for(s.image, cache_dir)) for s in items]
+    out = []
+    for s in items:
+        if s.foreground is None:
+            try:
+                s = replace(s, foreground=foreground_for(s.image, cache_dir))
+            except UserError:
+                if not skip_corrupt:
+                    raise
+        out.append(s)
+    return out
 
 
 def _report_skipped(dataset: AnomalyDataset) -> AnomalyDataset:
@@ -80,7 +91,7 @@ def train_dataset(cfg: RunConfig, patch_size: int) -> AnomalyDataset:
     whole = whole_image_foreground(cfg)
     given = sum(s.foreground is not None for s in items)
     if not whole and d.foreground == "auto" and given < len(items):
-        items = with_estimated_foreground(items, d.cache_dir)
+        items = with_estimated_foreground(items, d.cache_dir, d.on_corrupt == "skip")
     min_size = d.min_patch_size or registry.min_patch_size(d.dataset, d.class_name)
     if d.dataset != "folder" and not registry.is_known_class(d.dataset, d.class_name):
         log.info("class '%s' is not one of %s's own: %s layout, default pseudo-anomaly lower bound %d px, "

@@ -38,7 +38,7 @@ def run_foreground_report(cfg: RunConfig) -> dict:
     if whole_image_foreground(cfg):
         log.info("%s/%s uses the whole image as foreground", cfg.data.dataset, cfg.data.class_name)
     else:
-        train = with_estimated_foreground(train, cfg.data.cache_dir)
+        train = with_estimated_foreground(train, cfg.data.cache_dir, cfg.data.on_corrupt == "skip")
     shown = train[:: max(1, len(train) // 18)][:18]
     images = [load_image(s.image, GRID_SIZE) for s in shown]
     masks = [load_mask(s.foreground, GRID_SIZE) if s.foreground and not whole_image_foreground(cfg)

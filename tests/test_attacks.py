@@ -54,3 +54,53 @@ def test_official_step_size_and_repr(tiny_model):
 def test_zero_eps_returns_input(tiny_model):
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(PGD(tiny_model, eps=0.0, steps=3)(x, torch.zeros(2, 16)), x)
+
+
+class Bowl(torch.nn.Module):
+    """One 'patch' whose logit peaks at `target`, inside the eps-ball: fixed sign steps of 2 eps overshoot it."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.register_buffer("target", target)
+
+    def forward(self, x):
+        return -((x - self.target) ** 2).flatten(1).sum(1, keepdim=True)
+
+
+def test_apgd_halves_its_step_where_fixed_step_pgd_oscillates():
+    from attacks import APGD
+    eps = 8 / 255
+    x0 = torch.full((2, 3, 4, 4), 0.5)
+    model = Bowl(x0 + 0.3 * eps)
+    labels = torch.zeros(2, 1)
+    start = float(patch_margin_loss(model(x0), labels)[0])            # -(0.3 eps)^2 * 48
+    pgd = PGD(model, eps, steps=100, alpha=2 * eps)                   # APGD's first step size, never reduced
+    apgd = APGD(model, eps, steps=100)
+    pgd_adv, apgd_adv = pgd(x0, labels), apgd(x0, labels)
+    with torch.no_grad():
+        pgd_loss, apgd_loss = patch_margin_loss(model(pgd_adv), labels), patch_margin_loss(model(apgd_adv), labels)
+    assert (pgd_loss <= start + 1e-9).all()                           # bounces between the ball's faces
+    # halving homes in on the peak (1.5e-7 of the start's loss here); without it momentum alone gets 5e-3
+    assert (apgd_loss > 1e-4 * start).all()
+
+
+def test_restarts_keep_each_images_best_point():
+    """Three scripted restarts; image 0 is best in the second, image 1 in the third, image 2 in the first."""
+    from attacks.base import Attack
+    eps = 8 / 255
+    shifts = torch.tensor([[0.1, 0.2, 1.0], [1.0, -0.5, 0.3], [0.0, 0.9, -1.0]]) * eps  # restart x image
+
+    class Scripted(Attack):
+        runs = 0
+
+        def _run(self, x0, start, labels):
+            x = x0 + shifts[self.runs].view(-1, 1, 1, 1)
+            self.runs += 1
+            return x, torch.zeros(len(x0), dtype=torch.bool)
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1).mean(1, keepdim=True)
+    x0 = torch.full((3, 3, 2, 2), 0.5)
+    adv = Scripted(Mean(), eps, steps=1, restarts=3, random_start=True, seed=0)(x0, torch.zeros(3, 1))
+    torch.testing.assert_close(adv[:, 0, 0, 0] - 0.5, torch.tensor([1.0, 0.9, 1.0]) * eps)

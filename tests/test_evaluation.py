@@ -50,11 +50,7 @@ def test_apgd_at_least_as_strong_as_pgd(trained, demo_root):
         assert attack.last_report.ok and (adv - x).abs().max() <= 8 / 255 + 1e-6
         with torch.no_grad():
             losses[name] = patch_margin_loss(model(adv), labels)
-    print({k: float(v.mean()) for k, v in losses.items()})
     assert losses["apgd"].mean() >= losses["pgd"].mean() - 1e-4
-    with torch.no_grad():
-        clean = patch_margin_loss(model(x), labels)
-    assert (losses["apgd"] >= clean - 1e-5).all()  # best point: never worse than the start
 
 
 @pytest.mark.parametrize("target,attacked_label", [("normal", 0), ("anomalous", 1)])
@@ -81,7 +77,9 @@ def test_test_mode_sweeps_and_records_everything(trained):
     for s in metrics["settings"][1:]:
         assert s["checks"]["ok"] and s["checks"]["max_abs_delta"] <= s["eps"] + 1e-6
     assert (out / "plots" / "auroc_vs_eps.png").exists() and (out / "plots" / "auroc_vs_steps.png").exists()
-    assert metrics["metrics_seconds"] < metrics["seconds"]
+    # stronger attacks push robust image AUROC down: more eps never helps the model at a fixed attack and steps
+    by = {(s["attack"], s["steps"], round(s["eps_255"])): s["image_auroc"] for s in metrics["settings"][1:]}
+    assert all(by[(a, n, 8)] <= by[(a, n, 2)] + 0.02 for a, n, _ in by)
 
 
 def test_visualization_page_lists_every_image(trained):

@@ -29,20 +29,16 @@ def test_auroc_hand_values_and_degenerate():
 
 def reference_aupro(maps, masks, fpr_limit=0.3):
     """Straightforward version: every distinct threshold, per-region overlaps in a Python loop."""
-    regions = []
-    for m in masks:
+    regions = []  # (image index, region pixels of that image): labelled image by image
+    for i, m in enumerate(masks):
         lab, n = ndimage.label(m, structure=np.ones((3, 3)))
-        regions += [(len(regions), m, lab == k) for k in range(1, n + 1)]
+        regions += [(i, lab == k) for k in range(1, n + 1)]
     background = ~masks
     fprs, pros = [0.0], [0.0]
     for t in np.unique(maps)[::-1]:
         above = maps >= t
         fprs.append(above[background].mean())
-        overlaps = []
-        for i, (_, _, region) in enumerate(regions):
-            img = [j for j, m in enumerate(masks) if (m & region).any()][0]
-            overlaps.append(above[img][region].mean())
-        pros.append(np.mean(overlaps))
+        pros.append(np.mean([above[i][region].mean() for i, region in regions]))
     fprs, pros = np.array(fprs), np.array(pros)
     keep = fprs <= fpr_limit
     x, y = list(fprs[keep]), list(pros[keep])
@@ -87,6 +83,19 @@ def test_aupro_matches_reference(seed):
     masks[0, 8:11, 8:10] = True
     masks[1, 0:3, 9:12] = True
     maps = rng.random((4, 12, 12)).round(2) + masks * rng.random() * 0.5
+    assert aupro(maps, masks) == pytest.approx(reference_aupro(maps, masks), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aupro_matches_reference_when_regions_of_different_images_overlap(seed):
+    """Regions at the same pixel positions in different images are different regions."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 12, 12), bool)
+    masks[0, 2:6, 2:6] = True
+    masks[1, 4:8, 4:8] = True      # overlaps image 0's region
+    masks[2, 2:6, 2:6] = True      # same place as image 0's
+    masks[2, 9:11, 9:11] = True
+    maps = rng.random((3, 12, 12)).round(2) + masks * rng.random((3, 1, 1)) * 0.6
     assert aupro(maps, masks) == pytest.approx(reference_aupro(maps, masks), abs=1e-9)
 
 

@@ -3,8 +3,11 @@
 Also reads official PatchGuard checkpoints (a bare state dict), whose architecture comes from the command line.
 """
 import os
+import pickle
+import re
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from models.patchguard import ModelConfig, PatchGuard
@@ -12,6 +15,9 @@ from utils.errors import UserError
 from utils.io import atomic_write
 
 FORMAT = "patchguard-reimpl/1"
+# plain numpy arrays (RNG state in checkpoints written before weights-only loading): rebuilding them runs no code
+_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed it
+NUMPY_ARRAYS = [_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(path: str, model: PatchGuard, config: dict, **extra) -> None:
@@ -22,10 +28,16 @@ def save_checkpoint(path: str, model: PatchGuard, config: dict, **extra) -> None
 def read_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path} (train first, or pass --checkpoint / --checkpoint_dir)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights only: unpickling arbitrary objects would run code from whoever made the file
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        culprit = re.search(r"GLOBAL (\S+)|Unsupported operand \S+|global (\S+)", str(e))
+        raise UserError(f"refusing to load {path}: it holds Python objects other than tensors and plain data"
+                        f"{f' ({culprit.group(0)})' if culprit else ''}, which could run code when unpickled; "
+                        f"only load files from people you trust, re-saved as a plain state dict") from None
     except Exception as e:  # truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a PatchGuard checkpoint (expected a dict)")
     return ckpt

@@ -74,11 +74,16 @@ def check_archive(path: str) -> None:
         raise UserError(f"archive {path} is corrupt or truncated ({e}); delete it and rerun") from None
 
 
-def extract(path: str, target: str) -> None:
-    """Extract into a temp folder beside `target`, then move the result in: no half-extracted dataset."""
+def extract(path: str, target: str, replace: bool = False) -> list:
+    """Extract into a temp folder beside `target`, then move each top-level entry in: no half-extracted dataset.
+
+    An entry that already exists in `target` is kept as it is (the user's data), unless `replace`: then the new one
+    is moved in first and the old one deleted only after. Returns the names kept.
+    """
     check_archive(path)
     os.makedirs(target, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=target, prefix=".extract-")
+    kept = []
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
@@ -88,11 +93,29 @@ def extract(path: str, target: str) -> None:
                 t.extractall(tmp, filter="data")  # refuses absolute paths and '..'
         for name in os.listdir(tmp):
             final = os.path.join(target, name)
-            if os.path.exists(final):
-                shutil.rmtree(final) if os.path.isdir(final) else os.remove(final)
-            os.replace(os.path.join(tmp, name), final)
+            if os.path.lexists(final) and not replace:
+                kept.append(name)
+                continue
+            replace_path(os.path.join(tmp, name), final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return kept
+
+
+def replace_path(new: str, final: str) -> None:
+    """Move `new` to `final`; an existing `final` is set aside first and deleted only once `new` is in place."""
+    old = None
+    if os.path.lexists(final):
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(final)), prefix=".replaced-")
+        os.replace(final, os.path.join(old, "entry"))
+    try:
+        os.replace(new, final)
+    except OSError:
+        if old:
+            os.replace(os.path.join(old, "entry"), final)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def gdown_fetch(file_id: str, dest: str, hint_url: Optional[str] = None) -> str:

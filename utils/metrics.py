@@ -9,6 +9,8 @@ from typing import Dict, Optional
 import numpy as np
 from scipy import ndimage
 
+from utils.errors import UserError
+
 
 def _float_keys(x: np.ndarray) -> np.ndarray:
     """float32 -> uint64 whose order is the float order (sign-magnitude to offset binary)."""
