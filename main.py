@@ -47,6 +47,12 @@ def run(cfg) -> None:
     if cfg.data.dataset == "demo":
         from datasets.demo import build_demo
         build_demo(cfg.data.dataset_dir, seed=0)
+    if cfg.mode == "seeds":
+        from engine.common import setup_logging
+        from engine.summary import summarize_seeds
+        setup_logging(cfg.output_dir)
+        summarize_seeds(cfg.run_dirs, cfg.output_dir)
+        return
     if cfg.data.class_name != "all":
         run_class(cfg)
         return

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.images import image_size_of, load_image, load_mask
+from datasets.images import box_mask, image_size_of, load_image, load_mask
 from datasets.pseudo_anomaly import PseudoAnomalyGenerator, patch_labels
 from datasets.samples import Sample
 from utils.errors import UserError
@@ -28,7 +28,7 @@ class AnomalyDataset(Dataset):
                  generator: Optional[PseudoAnomalyGenerator] = None, whole_image_foreground: bool = False,
                  seed: int = 0, skip_corrupt: bool = False):
         self.image_size, self.patch_size = image_size, patch_size
-        self.generator, self.seed, self.epoch = generator, seed, 0
+        self.generator, self.seed, self.epoch, self.saliency = generator, seed, 0, None
         self.use_foreground = generator is not None and not whole_image_foreground
         self.samples, self.images, self.masks, self.foregrounds, self.skipped = [], [], [], [], []
         for s in samples:
@@ -48,6 +48,8 @@ class AnomalyDataset(Dataset):
             raise UserError(f"no readable images among {len(samples)} (first: {samples[0].image if samples else '-'})")
 
     def _mask(self, s: Sample) -> Optional[np.ndarray]:
+        if s.boxes:
+            return box_mask(s.boxes, s.box_frame, image_size_of(s.image), self.image_size)
         if s.mask is None:
             return None
         return load_mask(s.mask, self.image_size, expected_size=image_size_of(s.image))
@@ -59,6 +61,11 @@ class AnomalyDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_saliency(self, maps: Optional[np.ndarray]) -> None:
+        """(n, gh, gw) attention saliency per image, guiding the attention generator instead of the foreground
+        masks; None goes back to the foreground (or uniform) sampling."""
+        self.saliency = maps
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,7 +79,8 @@ class AnomalyDataset(Dataset):
                                              np.zeros(image.shape[:2], bool)).float(),
                     "has_mask": mask is not None, "index": index}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        pseudo, pmask = self.generator(image, self.foregrounds[index], rng)
+        guide = self.foregrounds[index] if self.saliency is None else self.saliency[index]
+        pseudo, pmask = self.generator(image, guide, rng)
         return {"image": to_tensor(image), "pseudo": to_tensor(pseudo),
                 "pseudo_mask": torch.from_numpy(pmask).float(),
                 "patch_labels": torch.from_numpy(patch_labels(pmask, self.patch_size)), "index": index}

@@ -21,6 +21,7 @@ DATASETS: Dict[str, Tuple[Tuple[str, ...], int, Dict[str, int]]] = {
     "dtd": (DTD, 14, {}),
     "brats2021": (("brats2021",), 14, {}),
     "headct": (("headct",), 9, {}),
+    "nih": (("nih",), 14, {}),
     "demo": (("widget",), 6, {}),
     "folder": ((), 14, {}),
 }

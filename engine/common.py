@@ -1,5 +1,4 @@
 """Shared run plumbing: device, autocast, data loaders, logging."""
-import contextlib
 import functools
 import logging
 import os
@@ -12,10 +11,12 @@ from torch.utils.data import DataLoader
 
 from datasets import registry
 from datasets.dataset import AnomalyDataset
+from datasets.cutpaste import AttentionCutPaste, CutPasteRanges
 from datasets.pseudo_anomaly import PseudoAnomalyGenerator
 from datasets.foreground import default_cache_dir, foreground_for
 from datasets.samples import FolderSpec, Sample, make_samples
 from utils.config import RunConfig
+from utils.precision import autocast  # noqa: F401  (re-exported for the engine)
 from utils.errors import UserError
 
 log = logging.getLogger("patchguard")
@@ -41,19 +42,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; fp32 everywhere else (run_class says so once)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def samples(cfg: RunConfig, split: str) -> List[Sample]:
     d = cfg.data
     folder = None
     if d.dataset == "folder":
         folder = FolderSpec(d.normal_dir, d.abnormal_dir, d.mask_dir, d.normal_test_dir, seed=cfg.seed)
-    return make_samples(d.dataset, d.dataset_dir, d.class_name, split, d.foreground_dir, d.visa_split, folder)
+    return make_samples(d.dataset, d.dataset_dir, d.class_name, split, d.foreground_dir, d.visa_split, folder,
+                        seed=cfg.seed)
 
 
 def whole_image_foreground(cfg: RunConfig) -> bool:
@@ -97,9 +92,15 @@ def train_dataset(cfg: RunConfig, patch_size: int) -> AnomalyDataset:
         log.info("class '%s' is not one of %s's own: %s layout, default pseudo-anomaly lower bound %d px, "
                  "foreground %s", d.class_name, d.dataset, d.dataset, min_size,
                  "whole image" if whole else "from masks where given, else estimated")
-    log.info("train: %d normal images; foreground: %s; pseudo-anomaly min size %d px", len(items),
-             "whole image" if whole else f"{given} given, {len(items) - given} estimated", min_size)
-    return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, PseudoAnomalyGenerator(min_size),
+    if d.pseudo_anomaly == "attention":
+        generator = AttentionCutPaste(CutPasteRanges(d.cutpaste_area, d.cutpaste_aspect, d.cutpaste_rotation,
+                                                     d.cutpaste_jitter))
+        kind = f"attention-guided cut-and-paste ({generator.ranges})"
+    else:
+        generator, kind = PseudoAnomalyGenerator(min_size), f"foreground-aware, min size {min_size} px"
+    log.info("train: %d normal images; foreground: %s; pseudo-anomalies: %s", len(items),
+             "whole image" if whole else f"{given} given, {len(items) - given} estimated", kind)
+    return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, generator,
                                           whole_image_foreground=whole, seed=cfg.seed,
                                           skip_corrupt=d.on_corrupt == "skip"))
 

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
 from engine.common import autocast, loader, log, resolve_device, test_dataset
-from models.patchguard import PatchGuard, check_readout
+from methods import get_method
+from models.patchguard import check_readout
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import load_model
 from utils.config import READOUT_KEYS, RunConfig
@@ -28,7 +29,7 @@ from utils.metrics import evaluate
 TARGET_LABELS = {"both": (0, 1), "normal": (0,), "anomalous": (1,)}
 
 
-def attack_labels(model: PatchGuard, batch: dict) -> torch.Tensor:
+def attack_labels(model, batch: dict) -> torch.Tensor:
     """Patch labels for the label-aware attack loss; an anomalous image without a mask counts as all-anomalous."""
     masks = batch["mask"]
     b = masks.shape[0]
@@ -38,21 +39,31 @@ def attack_labels(model: PatchGuard, batch: dict) -> torch.Tensor:
 
 
 def make_attack(name: str, model, eps: float, steps: int, cfg: RunConfig) -> Attack:
+    """The test attack on the model's own objective (its method's attack loss)."""
     e = cfg.eval
+    loss_fn = get_method(model_method(model)).attack_loss
     if name == "apgd":
-        return APGD(model, eps, steps, restarts=e.restarts, random_start=e.random_start, seed=cfg.seed)
-    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed)
+        return APGD(model, eps, steps, restarts=e.restarts, random_start=e.random_start, seed=cfg.seed,
+                    loss_fn=loss_fn)
+    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed, loss_fn=loss_fn)
 
 
-def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[Attack] = None, desc: str = "clean",
-            show: bool = True, keep_images: bool = False, target: str = "both") -> dict:
-    """Image scores and anomaly maps over a loader, optionally under attack (only of the `target` images).
+def model_method(model) -> str:
+    return getattr(model, "method_name", "patchguard")
+
+
+def predict(model, batches, device, bf16: bool, attack: Optional[Attack] = None, desc: str = "clean",
+            show: bool = True, keep_images: bool = False, target: str = "both", adapter=None,
+            features: bool = False) -> dict:
+    """Image scores and anomaly maps over a loader, optionally under attack (only of the `target` images), and
+    optionally with test-time adaptation on each (possibly attacked) batch before it is scored; `adapter` sees
+    the images only, never the labels.
 
     Returns scores (n,), maps (n, H, W), labels (n,), masks (n, H, W), report (merged attack checks or None),
     and with keep_images the (attacked) input images (n, 3, H, W).
     """
     model.eval()
-    scores, maps, labels, masks, images, report = [], [], [], [], [], None
+    scores, maps, labels, masks, images, extra, report = [], [], [], [], [], [], None
     for batch in tqdm(batches, desc=desc, leave=False, disable=not show, dynamic_ncols=True):
         x = batch["image"].to(device)
         if attack is not None:
@@ -63,11 +74,18 @@ def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[Att
                 x = x.clone()
                 x[chosen] = adv
                 report = attack.last_report if report is None else report.merge(attack.last_report)
+        if adapter is not None:
+            adapter.adapt(x)
         with torch.no_grad(), autocast(device, bf16):
-            logits = model(x).float()
+            if features:  # class-token features before the head (CaSA), for the t-SNE picture
+                feats, cls_maps, _ = model.features_and_attention(x)
+                logits = model.outputs(feats, cls_maps).float()
+                extra.append(feats.float().cpu().numpy())
+            else:
+                logits = model(x).float()
         scores.append(model.image_scores(logits).cpu().numpy())
-        maps.append(anomaly_maps(logits, model.grid_size, batch["mask"].shape[-2:], model.cfg.smoothing_sigma,
-                                 model.cfg.smoothing_radius))
+        maps.append(anomaly_maps(model.patch_map(logits), model.grid_size, batch["mask"].shape[-2:],
+                                 model.cfg.smoothing_sigma, model.cfg.smoothing_radius))
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].numpy().astype(bool))
         if keep_images:
@@ -76,6 +94,8 @@ def predict(model: PatchGuard, batches, device, bf16: bool, attack: Optional[Att
            "masks": np.concatenate(masks), "report": report}
     if keep_images:
         out["images"] = torch.cat(images)
+    if features:
+        out["features"] = np.concatenate(extra)
     return out
 
 
@@ -109,10 +129,10 @@ def attack_settings(cfg: RunConfig):
             if steps > 0 and eps > 0]
 
 
-def setting_key(cfg: RunConfig, model: PatchGuard, name: str, eps: float, steps: int) -> dict:
+def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta) -> dict:
     """What a setting's numbers depend on besides the checkpoint: equal keys, equal results."""
     key = {"attack": name, "eps_255": round(eps * 255, 6), "steps": steps,
-           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "bf16": cfg.bf16}
+           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "bf16": cfg.bf16, "tta": repr(tta) if tta else None}
     if name != "none":
         e = cfg.eval
         key.update(attack_target=e.attack_target, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed)
@@ -158,15 +178,21 @@ def run_test(cfg: RunConfig) -> dict:
                "attack_target": cfg.eval.attack_target, "settings": list(done)}
     requested = []
     total_start = time.time()
-    for name, eps, steps in [("none", 0.0, 0)] + attack_settings(cfg):
-        key = setting_key(cfg, model, name, eps, steps)
+    method = get_method(model_method(model))
+    adapter = method.adapter(model, cfg)
+    if adapter is not None:
+        log.info("test-time adaptation: %r; every setting is reported without and with it", adapter)
+    for name, eps, steps, tta in [(n, e, s, t) for n, e, s in [("none", 0.0, 0)] + attack_settings(cfg)
+                                  for t in ([None, adapter] if adapter is not None else [None])]:
+        key = setting_key(cfg, model, name, eps, steps, tta)
         previous = next((s for s in done if s["key"] == key), None)
         if previous is not None:
             log.info("%s: already in %s for this checkpoint, skipped (--recompute runs it again)",
                      setting_label(previous), metrics_path)
             requested.append(previous)
             continue
-        setting = run_setting(cfg, model, device, batches, dataset.has_masks, name, eps, steps)
+        setting = run_setting(cfg, model, device, batches, dataset.has_masks, name, eps, steps, tta,
+                              groups=[s.group for s in dataset.samples])
         setting["key"] = key
         results["settings"] = [s for s in results["settings"] if s["key"] != key] + [setting]
         requested.append(setting)
@@ -182,15 +208,21 @@ def run_test(cfg: RunConfig) -> dict:
     return shown
 
 
-def run_setting(cfg: RunConfig, model: PatchGuard, device, batches, has_masks: bool, name: str, eps: float,
-                steps: int) -> dict:
+def run_setting(cfg: RunConfig, model, device, batches, has_masks: bool, name: str, eps: float,
+                steps: int, adapter=None, groups=()) -> dict:
     attack = None if name == "none" else make_attack(name, model, eps, steps, cfg)
     t0 = time.time()
-    desc = "clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255"
-    pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm, target=cfg.eval.attack_target)
+    desc = ("clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255") + (" + TTA" if adapter else "")
+    pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm, target=cfg.eval.attack_target,
+                   adapter=adapter)
     t1 = time.time()
-    setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps,
+    setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None,
                **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
+    if any(g is not None for g in groups):  # e.g. NIH patient sex: the same metrics within each group
+        groups = np.array([str(g) for g in groups])
+        setting["subgroups"] = {
+            g: evaluate(pred["scores"][groups == g], pred["labels"][groups == g], pred["maps"][groups == g],
+                        pred["masks"][groups == g], has_masks) for g in sorted(set(groups))}
     setting.update(seconds=time.time() - t0, metrics_seconds=time.time() - t1)
     if attack is not None:
         setting.update(repr=repr(attack), random_start=cfg.eval.random_start, restarts=cfg.eval.restarts)
@@ -202,7 +234,8 @@ def run_setting(cfg: RunConfig, model: PatchGuard, device, batches, has_masks: b
 
 
 def setting_label(s: dict) -> str:
-    return "clean" if s["attack"] == "none" else f"{s['attack'].upper()}-{s['steps']} eps {s['eps_255']:g}/255"
+    label = "clean" if s["attack"] == "none" else f"{s['attack'].upper()}-{s['steps']} eps {s['eps_255']:g}/255"
+    return label + (" + TTA" if s.get("tta") else "")
 
 
 def format_table(results: dict) -> str:
@@ -218,7 +251,7 @@ def format_table(results: dict) -> str:
 
 def save_sweep_plots(results: dict, out_dir: str) -> None:
     """AUROC against eps (one line per attack and step count) and against steps (per attack and eps)."""
-    attacked = [s for s in results["settings"] if s["attack"] != "none"]
+    attacked = [s for s in results["settings"] if s["attack"] != "none" and not s.get("tta")]
     clean = results["settings"][0]
     metrics = [m for m in ("image_auroc", "pixel_auroc") if m in clean]
     for x_key, group_key, name in (("eps_255", "steps", "auroc_vs_eps"), ("steps", "eps_255", "auroc_vs_steps")):

@@ -55,3 +55,37 @@ def write_summary(out_dir: str, rows: list) -> None:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in lines]
     atomic_write(os.path.join(out_dir, "summary.md"), lambda tmp: open(tmp, "w").write("\n".join(md) + "\n"))
     log.info("summary over %d classes:\n%s", len(classes), "\n".join(md))
+
+
+def summarize_seeds(run_dirs, out_dir: str) -> str:
+    """Mean ± std over run directories that differ only in --seed (any method, any dataset): one row per test
+    setting (and subgroup), from each run's metrics.json. Writes seeds.csv and seeds.md into out_dir."""
+    import json
+    import numpy as np
+    runs = []
+    for d in run_dirs:
+        path = os.path.join(d, "metrics.json")
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+    values = {}
+    for r in runs:
+        for s in r.get("settings", []):
+            for group, metrics in [("all", s)] + sorted(s.get("subgroups", {}).items()):
+                for m in METRICS:
+                    if metrics.get(m) is not None:
+                        values.setdefault((setting_label(s), group, m), []).append(metrics[m])
+    header = ["setting", "group", "metric", "mean", "std", "runs"]
+    lines = [[s, g, m, f"{np.mean(v):.4f}", f"{np.std(v, ddof=1) if len(v) > 1 else 0:.4f}", str(len(v))]
+             for (s, g, m), v in values.items()]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header] + lines)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(os.path.join(out_dir, "seeds.csv"), lambda tmp: open(tmp, "w").write(buf.getvalue()))
+    md = ["| setting | group | metric | mean ± std | runs |", "|---|---|---|---|---|"] + \
+         [f"| {s} | {g} | {m} | {mean} ± {std} | {n} |" for s, g, m, mean, std, n in lines]
+    atomic_write(os.path.join(out_dir, "seeds.md"), lambda tmp: open(tmp, "w").write("\n".join(md) + "\n"))
+    log.info("mean ± std over %d runs:\n%s", len(runs), "\n".join(md))
+    return os.path.join(out_dir, "seeds.md")

@@ -4,52 +4,20 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from attacks import PGD
-from engine.common import autocast, loader, log, resolve_device, train_dataset
-from losses.patchguard_loss import patchguard_loss
-from models.patchguard import PatchGuard
+from engine.common import loader, log, resolve_device, train_dataset
+from datasets.dataset import to_tensor
+from methods import get_method
+from models.saliency import saliency
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
 from utils.config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write, ensure_writable_dir
 from utils.seed import rng_state, seed_everything, set_rng_state
-
-
-def train_step(model: PatchGuard, batch: dict, optimizer, cfg: RunConfig, device) -> float:
-    """One optimiser step on the sum of four official loss terms: clean/adversarial x normal/pseudo-anomaly.
-
-    The two attacks run as one batched PGD, and the four terms as one forward: per-image results are the same
-    as four separate calls, with fewer, larger kernels.
-    """
-    t = cfg.train
-    normal = batch["image"].to(device, non_blocking=True)
-    pseudo = batch["pseudo"].to(device, non_blocking=True)
-    pseudo_labels = batch["patch_labels"].to(device, non_blocking=True)
-    normal_labels = torch.zeros_like(pseudo_labels)
-    b = len(normal)
-    groups = [(normal, normal_labels), (pseudo, pseudo_labels)]
-    if t.adv_train:
-        attack = PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode)
-        with autocast(device, cfg.bf16):
-            adv = attack(torch.cat([normal, pseudo]), torch.cat([normal_labels, pseudo_labels]))
-        groups = [groups[0], (adv[:b], normal_labels), groups[1], (adv[b:], pseudo_labels)]
-    images = torch.cat([g[0] for g in groups])
-    labels = torch.cat([g[1] for g in groups])
-    model.train()
-    with autocast(device, cfg.bf16):
-        if t.use_reg:
-            logits, maps = model.forward_with_attention(images)
-        else:
-            logits, maps = model(images), []
-    loss = sum(patchguard_loss(logits[i:i + b].float(), labels[i:i + b], [m[i:i + b] for m in maps], t.reg_weights)
-               for i in range(0, len(images), b))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
 
 
 def refuse_to_overwrite(cfg: RunConfig) -> None:
@@ -69,9 +37,12 @@ def run_train(cfg: RunConfig) -> str:
     ensure_writable_dir(cfg.checkpoints)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    model = PatchGuard(cfg.model, cfg.train.backbone_weights).to(device)
+    method = get_method(cfg.method)
+    model = method.build(cfg.model, cfg.train.backbone_weights).to(device)
     dataset = train_dataset(cfg, model.patch_size)
     t = cfg.train
+    guided = cfg.data.pseudo_anomaly == "attention"
+    warmup = 0 if t.backbone_weights else cfg.data.saliency_warmup
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_decay_factor)
     last_path = cfg.last_checkpoint
@@ -84,12 +55,15 @@ def run_train(cfg: RunConfig) -> str:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
+        if ckpt.get("saliency") is not None:
+            dataset.set_saliency(ckpt["saliency"].numpy())
         start_epoch = ckpt["epoch"] + 1
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
-    log.info("model: %s at %dpx, %d patches, %.1fM parameters; device %s", cfg.model.backbone, cfg.model.image_size,
-             model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
+    log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name, cfg.model.backbone,
+             cfg.model.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
     if t.adv_train:
-        log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode))
+        log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode,
+                                            loss_fn=method.attack_loss))
     else:
         log.info("training attack: none (clean training: --no_adv_train, --step_train 0 or --epsilon_train 0)")
 
@@ -98,6 +72,8 @@ def run_train(cfg: RunConfig) -> str:
                   total=t.epochs, dynamic_ncols=True)
     for epoch in epochs:
         dataset.set_epoch(epoch)
+        if guided and epoch >= warmup and (epoch - warmup) % max(1, cfg.data.saliency_every) == 0:
+            dataset.set_saliency(training_saliency(model, dataset, cfg, device))
         shuffle_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers, shuffle=True, generator=shuffle_gen)
         model.train()
@@ -105,7 +81,7 @@ def run_train(cfg: RunConfig) -> str:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not cfg.tqdm,
                    dynamic_ncols=True)
         for batch in bar:
-            loss = train_step(model, batch, optimizer, cfg, device)
+            loss = method.train_step(model, batch, optimizer, cfg, device)
             if not math.isfinite(loss):
                 raise UserError(f"loss became {loss} at epoch {epoch + 1}; lower --lr or try without --bf16")
             total += loss * len(batch["image"])
@@ -116,16 +92,32 @@ def run_train(cfg: RunConfig) -> str:
         mean_loss = total / max(count, 1)
         epochs.set_postfix(loss=f"{mean_loss:.3f}")
         _append_history(history_path, epoch + 1, mean_loss, lr, time.time() - start)
-        state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state())
+        state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(),
+                     saliency=None if dataset.saliency is None else torch.from_numpy(dataset.saliency))
         save_checkpoint(last_path, model, cfg.as_dict(), **state)
         if t.save_every and (epoch + 1) % t.save_every == 0:
             save_checkpoint(cfg.checkpoint_file(f"_epoch{epoch + 1:04d}"), model, cfg.as_dict(),
                             epoch=epoch)
         if not cfg.tqdm or (epoch + 1) % max(1, t.epochs // 10) == 0 or epoch + 1 == t.epochs:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)
+    dataset.set_epoch(t.epochs)  # a fresh synthetic copy of each training image for the method's statistics
+    method.after_training(model, loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers), cfg, device)
     save_checkpoint(cfg.final_checkpoint, model, cfg.as_dict(), epoch=t.epochs - 1)
     log.info("saved %s", cfg.final_checkpoint)
     return cfg.final_checkpoint
+
+
+def training_saliency(model, dataset, cfg: RunConfig, device) -> np.ndarray:
+    """The model's own CLS-to-patch attention over every training image, (n, gh, gw) in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    maps = []
+    for i in range(0, len(dataset), cfg.data.train_batch_size):
+        images = torch.stack([to_tensor(im) for im in dataset.images[i:i + cfg.data.train_batch_size]]).to(device)
+        maps.append(saliency(model.feature_extractor, images, cfg.data.saliency_layers,
+                             cfg.data.saliency_heads).cpu())
+    model.train(was_training)
+    return torch.cat(maps).reshape(len(dataset), *model.grid_size).numpy()
 
 
 def _append_history(path: str, epoch: int, loss: float, lr: float, seconds: float) -> None:

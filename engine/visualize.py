@@ -67,6 +67,9 @@ def run_visualization(cfg: RunConfig) -> str:
                         "attacked_score": float(adv["scores"][k]) if attacked else None})
     described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
     write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described)
+    if hasattr(model, "features_and_attention"):  # CaSA: where the head's inputs put normal and anomalous images
+        feats = predict(model, all_batches, device, cfg.bf16, show=False, features=True)
+        save_tsne(os.path.join(out_dir, "tsne.png"), feats["features"], feats["labels"], cfg.seed)
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
@@ -93,6 +96,22 @@ def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, 
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
+    save_figure(fig, path)
+
+
+def save_tsne(path: str, features: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    """t-SNE of the class-token features before the projection head, normal vs anomalous test images."""
+    from sklearn.manifold import TSNE
+    points = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(features) - 1) / 3)), init="pca",
+                  random_state=seed).fit_transform(features)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        ax.scatter(*points[labels == label].T, s=12, c=colour, label=name, alpha=0.8)
+    ax.set_title("t-SNE of class-token features (test set)")
+    ax.legend()
+    ax.set_xticks([])
+    ax.set_yticks([])
     save_figure(fig, path)
 
 

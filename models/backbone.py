@@ -106,19 +106,21 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
+        x = self.normalize(images)
         feats = self.pretrained_model.forward_intermediates(
             x, indices=self.feature_indices, norm=True, output_fmt="NLC", intermediates_only=True, stop_early=True
         )  # list of (B, N, D), prefix tokens dropped
         return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
 
     @contextlib.contextmanager
-    def record_attention(self) -> Iterator[List[torch.Tensor]]:
-        """While active, each forward appends the reg layers' patch-to-patch maps (B, heads, N, N) to the list."""
+    def record_attention(self, indices: Optional[Sequence[int]] = None, patches_only: bool = True
+                         ) -> Iterator[List[torch.Tensor]]:
+        """While active, each forward appends the attention maps (B, heads, T, T) of the blocks `indices`
+        (0-based; default the reg layers) to the list; `patches_only` keeps the patch-to-patch part (B, heads, N, N)."""
         maps: List[torch.Tensor] = []
-        p = self.num_prefix_tokens
+        p = self.num_prefix_tokens if patches_only else 0
         handles, saved = [], []
-        for i in self.reg_indices:
+        for i in self.reg_indices if indices is None else indices:
             attn = self.pretrained_model.blocks[i].attn
             saved.append((attn, attn.fused_attn))
             attn.fused_attn = False
@@ -130,3 +132,10 @@ class FeatureExtractor(nn.Module):
                 h.remove()
             for attn, fused in saved:
                 attn.fused_attn = fused
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    @property
+    def depth(self) -> int:
+        return len(self.pretrained_model.blocks)

@@ -40,6 +40,7 @@ def check_readout(cfg: ModelConfig, num_patches: int) -> None:
 
 class PatchGuard(nn.Module):
     """forward(images in [0, 1], (B, 3, H, W)) -> patch logits (B, N). Higher = more anomalous."""
+    method_name = "patchguard"
 
     def __init__(self, cfg: ModelConfig, backbone_weights: Optional[str] = None):
         super().__init__()
@@ -65,6 +66,11 @@ class PatchGuard(nn.Module):
         with self.feature_extractor.record_attention() as maps:
             logits = self(images)
         return logits, list(maps)
+
+    @staticmethod
+    def patch_map(logits: torch.Tensor) -> torch.Tensor:
+        """Per-patch anomaly logits (B, N): the outputs themselves."""
+        return logits
 
     def image_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Image score = mean of the top-k patch logits (official)."""

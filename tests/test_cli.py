@@ -63,19 +63,19 @@ def test_resume_gives_the_same_weights(tmp_path, demo_root, monkeypatch):
     full, part = tmp_path / "full", tmp_path / "part"
     assert run("--mode", "train", *demo_args(demo_root, full, "--epochs", "2", "--seed", "3")) == 0
 
-    import engine.train as train_mod
-    real_step, calls = train_mod.train_step, {"n": 0}
+    from methods.patchguard import PatchGuardMethod
+    real_step, calls = PatchGuardMethod.train_step, {"n": 0}
 
     def interrupt_in_second_epoch(*a, **k):
         calls["n"] += 1
         if calls["n"] == 6:  # 4 steps per epoch: epoch 1 completes, epoch 2 is cut short
             raise KeyboardInterrupt
         return real_step(*a, **k)
-    monkeypatch.setattr(train_mod, "train_step", interrupt_in_second_epoch)
+    monkeypatch.setattr(PatchGuardMethod, "train_step", staticmethod(interrupt_in_second_epoch))
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3")) == 2
     last = torch.load(part / "checkpoints" / "patchguard_demo_widget_last.pth", weights_only=False)
     assert last["epoch"] == 0
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    monkeypatch.setattr(PatchGuardMethod, "train_step", staticmethod(real_step))
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3", "--resume")) == 0
     a = torch.load(full / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]
     b = torch.load(part / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from models.patchguard import ModelConfig, PatchGuard
+from models.patchguard import ModelConfig
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -20,7 +20,7 @@ _CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed it
 NUMPY_ARRAYS = [_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def save_checkpoint(path: str, model: PatchGuard, config: dict, **extra) -> None:
+def save_checkpoint(path: str, model: torch.nn.Module, config: dict, **extra) -> None:
     payload = {"format": FORMAT, "model": model.state_dict(), "config": config, **extra}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -43,16 +43,20 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def load_model(path: str, fallback: ModelConfig) -> Tuple[PatchGuard, Optional[dict]]:
-    """Model from our checkpoint (its own config) or from an official one (architecture from `fallback`)."""
+def load_model(path: str, fallback: ModelConfig) -> Tuple[torch.nn.Module, Optional[dict]]:
+    """Model from our checkpoint (its own method and config) or from an official PatchGuard one (architecture
+    from `fallback`)."""
+    from methods import get_method
     ckpt = read_checkpoint(path)
     if ckpt.get("format") == FORMAT:
-        cfg, state, run_config = ModelConfig.from_dict(ckpt["config"]["model"]), ckpt["model"], ckpt["config"]
+        run_config = ckpt["config"]
+        method = get_method(run_config.get("method", "patchguard"))
+        cfg, state = method.config_from_dict(run_config["model"]), ckpt["model"]
     elif any(k.startswith("feature_extractor.pretrained_model.") for k in ckpt):
-        cfg, state, run_config = fallback, ckpt, None
+        method, cfg, state, run_config = get_method("patchguard"), fallback, ckpt, None
     else:
         raise UserError(f"{path} is neither one of our checkpoints nor an official PatchGuard state dict")
-    model = PatchGuard(cfg)
+    model = method.build(cfg)
     load_state(model, state, path)
     return model, run_config
 

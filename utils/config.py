@@ -4,13 +4,16 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from datasets.registry import DATASETS
+from methods import METHODS, get_method
+from models.casa import CaSAConfig
 from models.patchguard import ModelConfig
+from models.tta import PARAM_SETS
 from utils.errors import UserError
 
-MODES = ("train", "test", "visualization", "all", "foreground", "predict")
+MODES = ("train", "test", "visualization", "all", "foreground", "predict", "seeds")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,15 @@ class DataConfig:
     mask_dir: Tuple[str, ...] = ()
     normal_test_dir: Optional[str] = None
     min_patch_size: Optional[int] = None  # None: the class's official lower bound
+    pseudo_anomaly: str = "foreground"    # foreground (PatchGuard's generator) or attention (CaSA's cut-and-paste)
+    saliency_every: int = 5               # attention: recompute the saliency of every training image every N epochs
+    saliency_warmup: int = 5              # attention: epochs of foreground/uniform sampling first (0 with weights)
+    saliency_layers: str = "last"         # last block, or mean over blocks
+    saliency_heads: str = "mean"          # mean or max over heads
+    cutpaste_area: Tuple[float, float] = (0.02, 0.15)
+    cutpaste_aspect: Tuple[float, float] = (0.3, 3.3)
+    cutpaste_rotation: float = 45.0
+    cutpaste_jitter: float = 0.1
     train_batch_size: int = 16
     test_batch_size: int = 4
     num_workers: int = 2
@@ -74,6 +86,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CaSAOptions:
+    seg_loss: str = "focal_dice"      # focal_dice, bce_dice or bce
+    seg_weight: float = 1.0
+    tta: str = "both"                 # both: report without and with TTA; off
+    tta_params: str = "layernorm"
+    tta_lr: float = 1e-3
+    tta_steps: int = 1
+    tta_mode: str = "episodic"        # episodic (reset per batch) or online
+
+
+@dataclass(frozen=True)
 class RunConfig:
     mode: str
     output_dir: str
@@ -85,10 +108,13 @@ class RunConfig:
     tqdm: bool
     use_data_prep: bool = False
     use_weight_prep: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
+    run_dirs: Tuple[str, ...] = ()
+    method: str = "patchguard"
+    model: Union[ModelConfig, CaSAConfig] = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    casa: CaSAOptions = field(default_factory=CaSAOptions)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,8 +124,8 @@ class RunConfig:
         return self.checkpoint_dir or os.path.join(self.output_dir, "checkpoints")
 
     def checkpoint_file(self, suffix: str = "") -> str:
-        """<checkpoints>/patchguard_<dataset>_<class><suffix>.pth; the plain name is the official final one."""
-        return os.path.join(self.checkpoints, f"patchguard_{self.data.dataset}_{self.data.class_name}{suffix}.pth")
+        """<checkpoints>/<method>_<dataset>_<class><suffix>.pth; for patchguard the plain name is the official one."""
+        return os.path.join(self.checkpoints, f"{self.method}_{self.data.dataset}_{self.data.class_name}{suffix}.pth")
 
     @property
     def final_checkpoint(self) -> str:
@@ -128,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "config.json to repeat it; the command line wins")
     g = p.add_argument_group("run")
     g.add_argument("--mode", choices=MODES, default="train")
+    g.add_argument("--method", choices=tuple(METHODS), default="patchguard",
+                   help="patchguard (CVPR 2025) or casa (BMVC 2022: attention-guided cut-and-paste, attention map, TTA)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
@@ -135,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint_dir", help="where checkpoints go (default <output_dir>/checkpoints)")
     g.add_argument("--checkpoint", help="checkpoint to test/visualize (default <checkpoint_dir>/patchguard_<dataset>_<class>.pth)")
     g.add_argument("--no_tqdm", action="store_false", dest="tqdm")
+    g.add_argument("--run_dirs", nargs="+", default=[],
+                   help="--mode seeds: run directories that differ only in --seed; writes mean ± std tables into "
+                        "--output_dir")
     g.add_argument("--use_data_prep", action="store_true", help="download the dataset and masks into --dataset_dir first")
     g.add_argument("--use_weight_prep", action="store_true",
                    help="download the official checkpoint into --checkpoint_dir first")
@@ -159,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--dataset folder: one or more folders of pixel masks named like the anomalous images")
     g.add_argument("--normal_test_dir", help="--dataset folder: normal test images (else 20%% of --normal_dir)")
     g.add_argument("--min_patch_size", type=int, help="pseudo-anomaly lower bound in px (default: official per class)")
+    g.add_argument("--pseudo_anomaly", choices=("foreground", "attention"),
+                   help="foreground: PatchGuard's foreground-aware generator; attention: CaSA's attention-guided "
+                        "cut-and-paste (default: the method's own)")
+    g.add_argument("--saliency_every", type=int, default=5, help="attention: recompute saliency every N epochs")
+    g.add_argument("--saliency_warmup", type=int, default=5,
+                   help="attention: epochs sampling from the foreground (or uniformly) before the model's attention "
+                        "is used (0 when --backbone_weights is given)")
+    g.add_argument("--saliency_layers", choices=("last", "mean"), default="last")
+    g.add_argument("--saliency_heads", choices=("mean", "max"), default="mean")
+    g.add_argument("--cutpaste_area", type=float, nargs=2, default=[0.02, 0.15], help="patch area / image area")
+    g.add_argument("--cutpaste_aspect", type=float, nargs=2, default=[0.3, 3.3])
+    g.add_argument("--cutpaste_rotation", type=float, default=45.0, help="degrees, U(-r, r)")
+    g.add_argument("--cutpaste_jitter", type=float, default=0.1, help="ColorJitter strength")
     g.add_argument("--train_batch_size", type=int, default=16)
     g.add_argument("--test_batch_size", type=int, default=4)
     g.add_argument("--num_workers", type=int, default=2)
@@ -181,11 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "test time, overrides the checkpoint's)")
     g.add_argument("--smoothing_radius", type=int, help="Gaussian radius in px (default 7; as --smoothing_sigma)")
 
+    g = p.add_argument_group("CaSA (--method casa)")
+    g.add_argument("--casa_map_layers", type=int, nargs="+", help="1-based blocks whose CLS-to-patch attention "
+                                                                   "makes the map (default: the last three)")
+    g.add_argument("--casa_head_hidden", type=int, default=512, help="hidden width of the image head")
+    g.add_argument("--casa_score", choices=("head", "head+map"), default="head",
+                   help="image score: the head's logit, or plus the mean of the top-k map logits")
+    g.add_argument("--casa_seg_loss", choices=("focal_dice", "bce_dice", "bce"), default="focal_dice")
+    g.add_argument("--casa_seg_weight", type=float, default=1.0)
+    g.add_argument("--tta", choices=("both", "off"), default="both",
+                   help="both: every test setting without and with test-time adaptation; off: without only")
+    g.add_argument("--tta_params", choices=PARAM_SETS, default="layernorm")
+    g.add_argument("--tta_lr", type=float, default=1e-3)
+    g.add_argument("--tta_steps", type=int, default=1)
+    g.add_argument("--tta_mode", choices=("episodic", "online"), default="episodic")
+
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=1000)
     g.add_argument("--lr", type=float, default=8e-4)
     g.add_argument("--lr_decay_factor", type=float, default=0.0125, help="cosine schedule ends at lr * this")
     g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--adv_train", action="store_true", default=None,
+                   help="adversarial training (default: on for patchguard, off for casa)")
     g.add_argument("--no_adv_train", action="store_false", dest="adv_train")
     g.add_argument("--epsilon_train", type=float, default=8, help="in 1/255 units")
     g.add_argument("--step_train", type=int, default=10)
@@ -269,8 +330,9 @@ def _strict_bool(value, key: str, where: str) -> bool:
     raise UserError(f"{where}: '{key}' must be true or false, got {value!r}")
 
 
-RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout"}  # not carried over from a run's config.json
-RENAMED = {"attack_mode": "train_attack_mode"}
+RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout", "run_dirs"}  # not carried over from a run's config.json
+RENAMED = {"attack_mode": "train_attack_mode", "map_layers": "casa_map_layers", "head_hidden": "casa_head_hidden",
+           "score": "casa_score", "seg_loss": "casa_seg_loss", "seg_weight": "casa_seg_weight"}
 IN_255_UNITS = {"epsilon_train", "epsilon_test", "epsilon_visualization"}
 
 
@@ -290,7 +352,7 @@ def flatten_run_config(run: dict) -> dict:
 
 def _coerce(action: argparse.Action, value, where: str):
     """A config-file value as the command line would have parsed it (lists for nargs options, typed items)."""
-    many = action.nargs in ("+", "*")
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
     items = value if isinstance(value, list) else [value]
     if action.type is not None:
         try:
@@ -300,6 +362,8 @@ def _coerce(action: argparse.Action, value, where: str):
                             f"{' values' if many else ''}, got {value!r}") from None
     if action.choices is not None and any(v not in action.choices for v in items):
         raise UserError(f"{where}: '{action.dest}' must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise UserError(f"{where}: '{action.dest}' takes {action.nargs} values, got {value!r}")
     if many:
         return items
     if len(items) != 1:
@@ -316,6 +380,10 @@ def _positive(name: str, value) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
+    if a.mode == "seeds":
+        if len(a.run_dirs) < 1 or not a.output_dir:
+            raise UserError("--mode seeds needs --run_dirs (one or more run directories) and --output_dir")
+        a.class_name, a.dataset_dir = a.class_name or "seeds", a.dataset_dir or "."
     if a.dataset == "folder":
         if not (a.normal_dir and a.abnormal_dir):
             raise UserError("--dataset folder needs --normal_dir and --abnormal_dir")
@@ -352,24 +420,35 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         if not 0 <= eps <= 255:
             raise UserError(f"epsilon {eps} is outside [0, 255] (values are in 1/255 units)")
     output_dir = a.output_dir or os.path.join("runs", a.dataset, "" if a.class_name == "all" else a.class_name)
-    model = ModelConfig(
-        backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
-        feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers), hidden_dim=a.hidden_dim,
-        dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads,
-        **{k: getattr(a, k) for k in READOUT_KEYS if getattr(a, k) is not None})
+    method = get_method(a.method)
+    model = method.model_config(a)
+    adv_train = method.adv_train_default if a.adv_train is None else a.adv_train
+    for name in ("saliency_every", "saliency_warmup", "tta_steps"):
+        if getattr(a, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(a, name)}")
+    lo, hi = a.cutpaste_area
+    if not 0 < lo <= hi < 1:
+        raise UserError(f"--cutpaste_area must be two shares 0 < lo <= hi < 1 of the image, got {a.cutpaste_area}")
+    if not 0 < a.cutpaste_aspect[0] <= a.cutpaste_aspect[1]:
+        raise UserError(f"--cutpaste_aspect must be 0 < lo <= hi, got {a.cutpaste_aspect}")
     return RunConfig(
-        mode=a.mode, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
+        mode=a.mode, method=a.method, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
         checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm,
-        use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, model=model,
+        use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, run_dirs=tuple(a.run_dirs), model=model,
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
                         foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
                         visa_split=a.visa_split, on_corrupt=a.on_corrupt, normal_dir=a.normal_dir,
                         abnormal_dir=tuple(a.abnormal_dir), mask_dir=tuple(a.mask_dir), normal_test_dir=a.normal_test_dir,
                         min_patch_size=a.min_patch_size,
+                        pseudo_anomaly=a.pseudo_anomaly or method.pseudo_anomaly_default,
+                        saliency_every=a.saliency_every, saliency_warmup=a.saliency_warmup,
+                        saliency_layers=a.saliency_layers, saliency_heads=a.saliency_heads,
+                        cutpaste_area=tuple(a.cutpaste_area), cutpaste_aspect=tuple(a.cutpaste_aspect),
+                        cutpaste_rotation=a.cutpaste_rotation, cutpaste_jitter=a.cutpaste_jitter,
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
                         num_workers=a.num_workers),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
-                          adv_train=a.adv_train and a.step_train > 0 and a.epsilon_train > 0, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
+                          adv_train=adv_train and a.step_train > 0 and a.epsilon_train > 0, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
                           attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
                           save_every=a.save_every, resume=a.resume, overwrite=a.overwrite, backbone_weights=a.backbone_weights),
         eval=EvalConfig(adv_test=a.adv_test, attack=tuple(dict.fromkeys(a.attack)),
@@ -379,4 +458,6 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                         predict_dir=a.predict_dir, threshold_dir=a.threshold_dir,
                         threshold_quantile=a.threshold_quantile,
                         epsilon_visualization=a.epsilon_visualization / 255, step_visualization=a.step_visualization,
-                        num_visualization=a.num_visualization))
+                        num_visualization=a.num_visualization),
+        casa=CaSAOptions(seg_loss=a.casa_seg_loss, seg_weight=a.casa_seg_weight, tta=a.tta, tta_params=a.tta_params,
+                         tta_lr=a.tta_lr, tta_steps=a.tta_steps, tta_mode=a.tta_mode))
