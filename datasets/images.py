@@ -57,13 +57,15 @@ def load_mask(path: str, size: int, expected_size=None) -> np.ndarray:
 
 
 def box_mask(boxes, frame: int, image_size, size: int) -> np.ndarray:
-    """(size, size) bool mask of (x, y, w, h) boxes given in a `frame` px square frame (0: the image's own size),
-    drawn at the image's size, then resized like a mask file (any non-zero pixel is set)."""
+    """(size, size) bool mask of (x, y, w, h) boxes given in a `frame` px square frame (0: the image's own size).
+
+    Drawn straight at the output size (scaled like the image), not resized: LANCZOS ringing of a drawn box would
+    mark stray pixels around it."""
     width, height = image_size
-    sx, sy = (width / frame, height / frame) if frame else (1.0, 1.0)
-    canvas = np.zeros((height, width), np.uint8)
+    sx, sy = (size / frame, size / frame) if frame else (size / width, size / height)
+    mask = np.zeros((size, size), bool)
     for x, y, w, h in boxes:
         x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
         x1, y1 = int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))
-        canvas[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 255
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.LANCZOS)) > 0
+        mask[max(0, y0):min(size, y1), max(0, x0):min(size, x1)] = True
+    return mask

@@ -65,7 +65,8 @@ def run_train(cfg: RunConfig) -> str:
         log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode,
                                             loss_fn=method.attack_loss))
     else:
-        log.info("training attack: none (clean training: --no_adv_train, --step_train 0 or --epsilon_train 0)")
+        log.info("training attack: none (clean training: the method's default, --no_adv_train, --step_train 0 "
+                 "or --epsilon_train 0)")
 
     history_path = os.path.join(cfg.output_dir, "train.csv")
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not cfg.tqdm, initial=start_epoch,

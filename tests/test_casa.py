@@ -1,0 +1,247 @@
+"""CaSA: attention-guided cut-and-paste, the attention map, entropy statistics, test-time adaptation, the NIH
+layout, and end-to-end runs through the same CLI as PatchGuard."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main as cli
+from datasets.cutpaste import AttentionCutPaste, CutPasteRanges
+from datasets.pseudo_anomaly import patch_labels
+from models.casa import CaSA, CaSAConfig, attention_entropy
+from models.tta import EntropyMomentTTA, adapted_parameters, moment_objective
+from tests.conftest import MPDD, SHARED
+from tests.test_cli import TINY
+
+
+def tiny_casa(**kw) -> CaSA:
+    torch.manual_seed(0)
+    return CaSA(CaSAConfig(backbone="test_vit", image_size=32, patch_size=8, head_hidden=16, **kw)).eval()
+
+
+def test_cut_and_paste_points_follow_the_saliency():
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    saliency = np.zeros((8, 8), np.float32)
+    saliency[5:, 5:] = 1.0                     # only the bottom-right 3x3 of 8x8 patches: 14% of the image
+    generator = AttentionCutPaste(CutPasteRanges(area=(0.01, 0.02), rotation=0, jitter=0))
+    inside = 0
+    for seed in range(60):
+        out, mask = generator(image, saliency, np.random.default_rng(seed))
+        ys, xs = np.nonzero(mask)
+        inside += ys.mean() >= 36 and xs.mean() >= 36    # pasted around a high-attention point
+        assert (out[~mask] == image[~mask]).all() and mask.any()
+    assert inside >= 54                          # >= 90%, against about 14% for uniform points
+    uniform = sum(np.nonzero(generator(image, None, np.random.default_rng(s))[1])[0].mean() >= 36 for s in range(60))
+    assert uniform < 40
+
+
+def test_cut_and_paste_masks_and_patch_labels_agree():
+    image = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    generator = AttentionCutPaste()
+    for seed in range(20):
+        out, mask = generator(image, np.random.default_rng(seed).random((6, 6)), np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert (out[~mask] == image[~mask]).all()
+        labels = patch_labels(mask, 8).reshape(6, 6)
+        assert (labels == mask.reshape(6, 8, 6, 8).any(axis=(1, 3))).all()
+
+
+def explicit_cls_attention(model: CaSA, images: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) computed by hand from each map layer's input, CLS row, patch columns."""
+    vit = model.feature_extractor.pretrained_model
+    inputs = {}
+    hooks = [vit.blocks[i - 1].register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+             for i in model.cfg.map_layers]
+    with torch.no_grad():
+        vit.forward_features(model.feature_extractor.normalize(images))
+    for h in hooks:
+        h.remove()
+    out = []
+    for i in model.cfg.map_layers:
+        attn = vit.blocks[i - 1].attn
+        x = vit.blocks[i - 1].norm1(inputs[i])
+        b, t, c = x.shape
+        q, k, _ = attn.qkv(x).reshape(b, t, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (c // attn.num_heads) ** 0.5, dim=-1)
+        out.append(weights[:, :, 0, vit.num_prefix_tokens:])
+    return torch.stack(out, dim=1)                # (B, L, H, N)
+
+
+def test_map_is_a_non_negative_combination_of_real_attention_maps():
+    model = tiny_casa(map_layers=(2, 6))
+    with torch.no_grad():
+        model.map_weights_raw.copy_(torch.tensor([[-3.0, 0.5], [1.0, -0.2]]))
+        model.map_bias.fill_(0.3)
+        x = torch.rand(2, 3, 32, 32)
+        outputs = model(x)
+    weights = model.map_weights
+    assert (weights > 0).all()                    # softplus: non-negative even for negative raw values
+    att = explicit_cls_attention(model, x)
+    expected = (att * model.num_patches * weights[None, :, :, None]).sum((1, 2)) + 0.3
+    torch.testing.assert_close(model.patch_map(outputs), expected, rtol=1e-4, atol=1e-5)
+    assert model.cfg.map_layers == (2, 6) and tiny_casa().cfg.map_layers == (4, 5, 6)  # default: the last three
+
+
+def test_attention_entropy_hand_values():
+    uniform = torch.full((1, 2, 4, 4), 0.25)
+    one_hot = torch.eye(4).expand(1, 2, 4, 4)
+    entropy = attention_entropy([uniform, one_hot])
+    torch.testing.assert_close(entropy, torch.tensor([[[np.log(4.0)] * 2, [0.0, 0.0]]], dtype=torch.float32))
+
+
+def test_entropy_statistics_are_the_per_class_moments():
+    from methods.casa import fit_entropy_statistics
+    model = tiny_casa()
+    normal, pseudo = torch.rand(5, 3, 32, 32), torch.rand(5, 3, 32, 32)
+    batches = [{"image": normal[:3], "pseudo": pseudo[:3]}, {"image": normal[3:], "pseudo": pseudo[3:]}]
+    fit_entropy_statistics(model, batches, torch.device("cpu"))
+    for c, images in enumerate((normal, pseudo)):
+        per_image = np.stack([model.forward_with_entropy(images[i:i + 1])[1][0].detach().numpy() for i in range(5)])
+        np.testing.assert_allclose(model.entropy_mean[c].numpy(), per_image.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.entropy_var[c].numpy(), ((per_image - per_image.mean(0)) ** 2).mean(0),
+                                   rtol=1e-4, atol=1e-8)
+    assert bool(model.has_statistics)
+
+
+@pytest.fixture
+def casa_with_statistics():
+    model = tiny_casa()
+    with torch.no_grad():
+        _, entropy = model.forward_with_entropy(torch.rand(8, 3, 32, 32))
+    model.entropy_mean.copy_(torch.stack([entropy.mean(0) * 0.9, entropy.mean(0) * 0.95]))
+    model.entropy_var.copy_(torch.stack([entropy.var(0), entropy.var(0)]) + 1e-4)
+    model.has_statistics.fill_(True)
+    return model
+
+
+def test_tta_changes_only_its_parameters_and_lowers_its_objective(casa_with_statistics):
+    model = casa_with_statistics
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tta = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=5, episodic=False)
+    chosen = {id(p) for p in adapted_parameters(model, "layernorm")}
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        start = float(tta.objective(x))
+    tta.adapt(x)
+    with torch.no_grad():
+        assert float(tta.objective(x)) < start
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) or id(p) in chosen, name  # nothing outside the chosen set moves
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if id(p) in chosen)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_tta_resets_when_episodic_and_never_reads_labels(casa_with_statistics):
+    from engine.evaluate import predict
+    model = casa_with_statistics
+    initial = [p.detach().clone() for p in adapted_parameters(model, "layernorm")]
+    tta = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=2, episodic=True)
+    x = torch.rand(4, 3, 32, 32)
+    tta.adapt(x)
+    first = [p.detach().clone() for p in tta.params]
+    tta.adapt(x)                                  # reset first: the same start, the same result
+    assert all(torch.equal(a, b) for a, b in zip(first, tta.params))
+    tta.reset()
+    assert all(torch.equal(a, b) for a, b in zip(initial, tta.params))
+    batch = {"image": x, "label": torch.tensor([0, 1, 0, 1]), "mask": torch.zeros(4, 32, 32),
+             "has_mask": torch.ones(4, dtype=torch.bool)}
+    flipped = dict(batch, label=1 - batch["label"], mask=torch.ones(4, 32, 32))
+    a = predict(model, [batch], torch.device("cpu"), False, show=False, adapter=tta)
+    b = predict(model, [flipped], torch.device("cpu"), False, show=False, adapter=tta)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+    np.testing.assert_array_equal(a["maps"], b["maps"])
+
+
+def test_moment_objective_is_zero_at_the_stored_statistics(casa_with_statistics):
+    model = casa_with_statistics
+    outputs = torch.tensor([[-1.0] + [0.0] * 16] * 3)           # all predicted normal
+    entropy = model.entropy_mean[0].expand(3, *model.entropy_mean.shape[1:]).clone()
+    entropy[0] += model.entropy_var[0].sqrt() * np.sqrt(1.5)    # mean unchanged, variance = stored variance
+    entropy[1] -= model.entropy_var[0].sqrt() * np.sqrt(1.5)
+    assert float(moment_objective(model, outputs, entropy)) == pytest.approx(0.0, abs=1e-4)
+
+
+def write_nih(root, normals=8):
+    images = root / "images_001" / "images"
+    images.mkdir(parents=True)
+    from PIL import Image
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
+    for i in range(normals):
+        name = f"0000{i:04d}_000.png"
+        Image.fromarray(np.full((128, 128), 60 + i, np.uint8)).save(images / name)
+        rows.append(f"{name},No Finding,0,{i},50,{'MF'[i % 2]},PA,2500,2048,0.168,0.168")
+    for i, labels in enumerate(["Mass|Nodule", "Atelectasis"]):
+        name = f"0001{i:04d}_001.png"
+        Image.fromarray(np.full((128, 128), 200, np.uint8)).save(images / name)
+        rows.append(f"{name},{labels},1,{100 + i},60,F,AP,2500,2048,0.168,0.168")
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    (root / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00010000_001.png,Mass,0,0,512,256,,,\n"
+        "00010000_001.png,Nodule,768,768,256,256,,,\n"
+        "00010001_001.png,Atelectasis,256,512,512,128,,,\n")
+
+
+def test_nih_layout_parses_and_boxes_become_masks(tmp_path):
+    from datasets.dataset import AnomalyDataset
+    from datasets.samples import make_samples
+    write_nih(tmp_path)
+    train = make_samples("nih", str(tmp_path), "nih", "train", seed=0)
+    test = make_samples("nih", str(tmp_path), "nih", "test", seed=0)
+    assert len(train) == 6 and sum(s.label == 0 for s in test) == 2 and sum(s.label for s in test) == 2
+    assert not {s.image for s in train} & {s.image for s in test}
+    assert make_samples("nih", str(tmp_path), "nih", "train", seed=1) != train
+    first = next(s for s in test if s.label and s.defect == "Mass")
+    assert len(first.boxes) == 2 and first.group == "F"
+    mask = AnomalyDataset([first], 64, 8).masks[0]
+    # the 1024 px frame on a 128 px image drawn at 64 px: rows 0..15 of columns 0..31, and the 48..63 corner
+    expected = np.zeros((64, 64), bool)
+    expected[0:16, 0:32] = True
+    expected[48:64, 48:64] = True
+    assert (mask == expected).all()
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "nih_sample")), reason="NIH sample not present")
+def test_released_nih_sample_parses():
+    from datasets.samples import make_samples
+    root = os.path.join(SHARED, "data", "nih_sample")
+    test = make_samples("nih", root, "nih", "test")
+    assert sum(s.label for s in test) == 16 and all(s.group in ("M", "F") for s in test)
+    assert max(len(s.boxes) for s in test) >= 2
+
+
+@pytest.mark.skipif(not os.path.isdir(MPDD), reason="shared data not present")
+def test_casa_end_to_end_on_mpdd_and_checkpoint_rebuilds_itself(tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "casa", "--dataset", "mpdd", "--class_name", "metal_plate", "--dataset_dir", MPDD,
+            "--output_dir", str(out), *TINY, "--epochs", "2", "--train_batch_size", "16", "--saliency_warmup", "1",
+            "--saliency_every", "1", "--test_batch_size", "32", "--epsilon_test", "8", "--step_test", "1",
+            "--num_visualization", "2", "--step_visualization", "1"]
+    assert cli.main(["--mode", "all", *args]) == 0
+    ckpt = out / "checkpoints" / "casa_mpdd_metal_plate.pth"
+    from utils.checkpoint import load_model, read_checkpoint
+    model, config = load_model(str(ckpt), None)
+    assert isinstance(model, CaSA) and config["method"] == "casa" and bool(model.has_statistics)
+    assert read_checkpoint(str(out / "checkpoints" / "casa_mpdd_metal_plate_last.pth"))["saliency"].shape == (54, 4, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = [(s["attack"], s["tta"]) for s in metrics["settings"]]
+    assert labels == [("none", False), ("none", True), ("pgd", False), ("pgd", True)]
+    assert all(s["checks"]["ok"] for s in metrics["settings"] if s["attack"] != "none")
+    assert "casa_attack_loss" in metrics["settings"][2]["repr"]
+    assert (out / "visualization" / "tsne.png").exists() and (out / "visualization" / "index.html").exists()
+
+
+def test_seed_summary_gives_mean_and_std(tmp_path):
+    for seed, auroc in ((0, 0.8), (1, 0.9)):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "metrics.json").write_text(json.dumps({"settings": [
+            {"attack": "none", "eps_255": 0, "steps": 0, "image_auroc": auroc,
+             "subgroups": {"F": {"image_auroc": auroc - 0.1}}}]}))
+    assert cli.main(["--mode", "seeds", "--run_dirs", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                     "--output_dir", str(tmp_path / "summary")]) == 0
+    table = (tmp_path / "summary" / "seeds.md").read_text()
+    assert "| clean | all | image_auroc | 0.8500 ± 0.0707 | 2 |" in table
+    assert "| clean | F | image_auroc | 0.7500 ± 0.0707 | 2 |" in table
