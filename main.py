@@ -62,7 +62,7 @@ def run(cfg) -> None:
 
 def main(argv=None) -> int:
     try:
-        from utils.config import parse_config
+        from config import parse_config
         cfg = parse_config(argv)
         run(cfg)
     except UserError as e:

@@ -43,7 +43,7 @@ def main() -> None:
         return
     from engine.common import setup_logging
     from engine.evaluate import run_test
-    from utils.config import parse_config
+    from config import parse_config
     out = tempfile.mkdtemp(prefix="patchguard-eval-bench-")
     cfg = parse_config(["--mode", "test", "--device", "cpu", "--no_tqdm", "--output_dir", out] + rest)
     setup_logging(out)

@@ -13,11 +13,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD  # noqa: E402
-from engine.common import loader, train_dataset  # noqa: E402
+from datasets.assembly import train_dataset  # noqa: E402
+from engine.common import loader  # noqa: E402
 from methods.patchguard import train_step  # noqa: E402
 from utils.precision import autocast  # noqa: E402
 from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
-from utils.config import parse_config  # noqa: E402
+from config import parse_config  # noqa: E402
 
 
 def main() -> None:

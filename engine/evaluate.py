@@ -16,12 +16,14 @@ import torch
 from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
-from engine.common import autocast, loader, log, resolve_device, test_dataset
+from datasets.assembly import test_dataset
+from engine.common import loader, log, resolve_device
+from utils.precision import autocast
 from methods import get_method
 from models.patchguard import check_readout
 from utils.anomaly_map import anomaly_maps
-from utils.checkpoint import load_model
-from utils.config import READOUT_KEYS, RunConfig
+from methods import load_model
+from config import READOUT_KEYS, RunConfig
 from utils.figures import pyplot, save_figure
 from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate

@@ -11,9 +11,10 @@ import numpy as np
 
 from datasets.dataset import AnomalyDataset
 from datasets.samples import Sample, list_images
-from engine.common import loader, log, samples
+from datasets.assembly import samples
+from engine.common import loader, log
 from engine.evaluate import load_for_evaluation, predict
-from utils.config import RunConfig
+from config import RunConfig
 from utils.errors import UserError
 from utils.figures import pyplot, save_figure
 from utils.io import atomic_write, write_json

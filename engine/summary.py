@@ -6,7 +6,7 @@ import os
 from datasets.samples import available_classes
 from engine.common import log, setup_logging
 from engine.evaluate import setting_label
-from utils.config import RunConfig
+from config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write
 

@@ -9,12 +9,13 @@ import torch
 from tqdm import tqdm
 
 from attacks import PGD
-from engine.common import loader, log, resolve_device, train_dataset
+from datasets.assembly import train_dataset
+from engine.common import loader, log, resolve_device
 from datasets.dataset import to_tensor
 from methods import get_method
 from models.saliency import saliency
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
-from utils.config import RunConfig
+from config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write, ensure_writable_dir
 from utils.seed import rng_state, seed_everything, set_rng_state

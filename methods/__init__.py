@@ -18,6 +18,25 @@ from methods.patchguard import PATCHGUARD
 METHODS = {m.name: m for m in (PATCHGUARD, CASA)}
 
 
+def load_model(path: str, fallback=None):
+    """(model, run config) from one of our checkpoints (its own method and config), or (model, None) from an
+    official PatchGuard state dict, whose architecture comes from `fallback` (a PatchGuard ModelConfig)."""
+    from utils.checkpoint import FORMAT, load_state, read_checkpoint
+    from utils.errors import UserError
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") == FORMAT:
+        run_config = ckpt["config"]
+        method = get_method(run_config.get("method", "patchguard"))
+        cfg, state = method.config_from_dict(run_config["model"]), ckpt["model"]
+    elif any(k.startswith("feature_extractor.pretrained_model.") for k in ckpt):
+        method, cfg, state, run_config = PATCHGUARD, fallback, ckpt, None
+    else:
+        raise UserError(f"{path} is neither one of our checkpoints nor an official PatchGuard state dict")
+    model = method.build(cfg)
+    load_state(model, state, path)
+    return model, run_config
+
+
 def get_method(name: str):
     from utils.errors import UserError
     if name not in METHODS:

@@ -222,7 +222,8 @@ def test_casa_end_to_end_on_mpdd_and_checkpoint_rebuilds_itself(tmp_path):
             "--num_visualization", "2", "--step_visualization", "1"]
     assert cli.main(["--mode", "all", *args]) == 0
     ckpt = out / "checkpoints" / "casa_mpdd_metal_plate.pth"
-    from utils.checkpoint import load_model, read_checkpoint
+    from methods import load_model
+    from utils.checkpoint import read_checkpoint
     model, config = load_model(str(ckpt), None)
     assert isinstance(model, CaSA) and config["method"] == "casa" and bool(model.has_statistics)
     assert read_checkpoint(str(out / "checkpoints" / "casa_mpdd_metal_plate_last.pth"))["saliency"].shape == (54, 4, 4)

@@ -170,7 +170,7 @@ def test_class_all_writes_summary_and_foreground_mode(tmp_path, demo_root):
 
 
 def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
-    from utils.config import parse_config
+    from config import parse_config
     (tmp_path / "c.json").write_text(json.dumps({"dataset": "demo", "class_name": "widget", "dataset_dir": "d",
                                                  "step_test": 10, "epsilon_test": [2, "8"], "epochs": "3"}))
     cfg = parse_config(["--config", str(tmp_path / "c.json"), "--epochs", "5"])
@@ -182,7 +182,7 @@ def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
 
 
 def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
-    from utils.config import READOUT_KEYS, parse_config
+    from config import READOUT_KEYS, parse_config
     out = tmp_path / "run"
     assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1", "--epsilon_train", "4",
                                              "--epsilon_test", "2", "8")) == 0

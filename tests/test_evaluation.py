@@ -13,7 +13,7 @@ from attacks import APGD, PGD, patch_margin_loss
 from attacks.apgd import checkpoints
 from engine.evaluate import attack_labels, predict
 from tests.test_cli import TINY
-from utils.checkpoint import load_model
+from methods import load_model
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from losses.patchguard_loss import patchguard_loss
 from models.patchguard import ModelConfig
 from tests.conftest import FIXTURE
 from utils.anomaly_map import anomaly_maps
-from utils.checkpoint import load_model
+from methods import load_model
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason="official fixture not present")
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import main as cli
 from tests.test_cli import TINY, demo_args, one_line_error, run
 
 EVIL = """
@@ -75,7 +74,7 @@ def test_interrupted_sweep_keeps_finished_settings_and_a_rerun_finishes_the_rest
 def test_test_time_read_out_options_apply_and_are_logged(finished_run, demo_root):
     from engine.evaluate import load_for_evaluation
     from engine.common import setup_logging
-    from utils.config import parse_config
+    from config import parse_config
     cfg = parse_config(["--mode", "test", *demo_args(demo_root, finished_run, "--top_k", "1", "--smoothing_sigma", "2")])
     setup_logging(str(finished_run))
     model, _ = load_for_evaluation(cfg)
@@ -133,7 +132,7 @@ def test_nan_scores_are_a_clear_error():
 
 
 def test_config_file_keys_are_option_names_and_booleans_are_strict(tmp_path, capsys):
-    from utils.config import parse_config
+    from config import parse_config
     base = {"dataset": "demo", "class_name": "widget", "dataset_dir": "d"}
     (tmp_path / "c.json").write_text(json.dumps({**base, "no_tqdm": True, "no_reg": "true", "no_adv_train": True,
                                                  "no_adv_test": "True", "hf_path": "vit_tiny_patch16_224",

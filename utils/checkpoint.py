@@ -1,16 +1,12 @@
-"""Self-describing checkpoints: weights (official key names) + the run config, so test rebuilds the model alone.
-
-Also reads official PatchGuard checkpoints (a bare state dict), whose architecture comes from the command line.
-"""
+"""Self-describing checkpoints: weights (official key names) + the run config, written atomically and read
+weights-only. methods.load_model rebuilds a model from one (ours, or an official PatchGuard state dict)."""
 import os
 import pickle
 import re
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
-from models.patchguard import ModelConfig
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -41,24 +37,6 @@ def read_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a PatchGuard checkpoint (expected a dict)")
     return ckpt
-
-
-def load_model(path: str, fallback: ModelConfig) -> Tuple[torch.nn.Module, Optional[dict]]:
-    """Model from our checkpoint (its own method and config) or from an official PatchGuard one (architecture
-    from `fallback`)."""
-    from methods import get_method
-    ckpt = read_checkpoint(path)
-    if ckpt.get("format") == FORMAT:
-        run_config = ckpt["config"]
-        method = get_method(run_config.get("method", "patchguard"))
-        cfg, state = method.config_from_dict(run_config["model"]), ckpt["model"]
-    elif any(k.startswith("feature_extractor.pretrained_model.") for k in ckpt):
-        method, cfg, state, run_config = get_method("patchguard"), fallback, ckpt, None
-    else:
-        raise UserError(f"{path} is neither one of our checkpoints nor an official PatchGuard state dict")
-    model = method.build(cfg)
-    load_state(model, state, path)
-    return model, run_config
 
 
 def load_state(model: torch.nn.Module, state: dict, path: str) -> None:

@@ -1,0 +1,85 @@
+"""Dataset assembly for a run: sample lists, foreground masks (given or estimated), the pseudo-anomaly generator
+and the corrupt-file policy, from the run's config. The engine only loops over what this returns."""
+import functools
+import logging
+from dataclasses import replace
+from typing import List, Optional
+
+from datasets import registry
+from datasets.cutpaste import AttentionCutPaste, CutPasteRanges
+from datasets.dataset import AnomalyDataset
+from datasets.foreground import default_cache_dir, foreground_for
+from datasets.pseudo_anomaly import PseudoAnomalyGenerator
+from datasets.samples import FolderSpec, Sample, make_samples
+from utils.errors import UserError
+
+log = logging.getLogger("patchguard")
+
+
+def samples(cfg, split: str) -> List[Sample]:
+    d = cfg.data
+    folder = None
+    if d.dataset == "folder":
+        folder = FolderSpec(d.normal_dir, d.abnormal_dir, d.mask_dir, d.normal_test_dir, seed=cfg.seed)
+    return make_samples(d.dataset, d.dataset_dir, d.class_name, split, d.foreground_dir, d.visa_split, folder,
+                        seed=cfg.seed)
+
+
+def whole_image_foreground(cfg) -> bool:
+    return cfg.data.foreground == "none" or registry.uses_whole_image(cfg.data.dataset, cfg.data.class_name)
+
+
+def with_estimated_foreground(items: List[Sample], cache_dir: Optional[str], skip_corrupt: bool) -> List[Sample]:
+    """Fill in estimated (cached) foreground masks where none was given. With `skip_corrupt`, an unreadable image
+    keeps no mask here; the dataset then skips it and lists it with the others."""
+    todo = [s for s in items if s.foreground is None]
+    if todo:
+        log.info("estimating foreground masks for %d images (cache: %s)", len(todo), cache_dir or default_cache_dir())
+    out = []
+    for s in items:
+        if s.foreground is None:
+            try:
+                s = replace(s, foreground=foreground_for(s.image, cache_dir))
+            except UserError:
+                if not skip_corrupt:
+                    raise
+        out.append(s)
+    return out
+
+
+def _report_skipped(dataset: AnomalyDataset) -> AnomalyDataset:
+    if dataset.skipped:
+        log.warning("skipped %d unreadable images: %s", len(dataset.skipped),
+                    "; ".join(f"{p} ({e})" for p, e in dataset.skipped[:10]))
+    return dataset
+
+
+def train_dataset(cfg, patch_size: int) -> AnomalyDataset:
+    d = cfg.data
+    items = samples(cfg, "train")
+    whole = whole_image_foreground(cfg)
+    given = sum(s.foreground is not None for s in items)
+    if not whole and d.foreground == "auto" and given < len(items):
+        items = with_estimated_foreground(items, d.cache_dir, d.on_corrupt == "skip")
+    min_size = d.min_patch_size or registry.min_patch_size(d.dataset, d.class_name)
+    if d.dataset != "folder" and not registry.is_known_class(d.dataset, d.class_name):
+        log.info("class '%s' is not one of %s's own: %s layout, default pseudo-anomaly lower bound %d px, "
+                 "foreground %s", d.class_name, d.dataset, d.dataset, min_size,
+                 "whole image" if whole else "from masks where given, else estimated")
+    if d.pseudo_anomaly == "attention":
+        generator = AttentionCutPaste(CutPasteRanges(d.cutpaste_area, d.cutpaste_aspect, d.cutpaste_rotation,
+                                                     d.cutpaste_jitter))
+        kind = f"attention-guided cut-and-paste ({generator.ranges})"
+    else:
+        generator, kind = PseudoAnomalyGenerator(min_size), f"foreground-aware, min size {min_size} px"
+    log.info("train: %d normal images; foreground: %s; pseudo-anomalies: %s", len(items),
+             "whole image" if whole else f"{given} given, {len(items) - given} estimated", kind)
+    return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, generator,
+                                          whole_image_foreground=whole, seed=cfg.seed,
+                                          skip_corrupt=d.on_corrupt == "skip"))
+
+
+@functools.lru_cache(maxsize=1)  # --mode all tests, then draws: decode the test set once
+def test_dataset(cfg, image_size: int, patch_size: int) -> AnomalyDataset:
+    return _report_skipped(AnomalyDataset(samples(cfg, "test"), image_size, patch_size,
+                                          skip_corrupt=cfg.data.on_corrupt == "skip"))
