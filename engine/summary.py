@@ -62,6 +62,7 @@ def summarize_seeds(run_dirs, out_dir: str) -> str:
     setting (and subgroup), from each run's metrics.json. Writes seeds.csv and seeds.md into out_dir."""
     import json
     import numpy as np
+    check_only_seed_differs(run_dirs)
     runs = []
     for d in run_dirs:
         path = os.path.join(d, "metrics.json")
@@ -89,3 +90,31 @@ def summarize_seeds(run_dirs, out_dir: str) -> str:
     atomic_write(os.path.join(out_dir, "seeds.md"), lambda tmp: open(tmp, "w").write("\n".join(md) + "\n"))
     log.info("mean ± std over %d runs:\n%s", len(runs), "\n".join(md))
     return os.path.join(out_dir, "seeds.md")
+
+
+def check_only_seed_differs(run_dirs) -> None:
+    """Refuse to average runs whose config.json differ in anything but the seed and where they were written."""
+    import json
+    ignored = {"seed", "output_dir", "checkpoint_dir", "checkpoint", "mode", "resume", "overwrite", "recompute",
+               "run_dirs", "tqdm"}
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            elif k not in ignored:
+                out[prefix + k] = v
+        return out
+    configs = {}
+    for d in run_dirs:
+        path = os.path.join(d, "config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                configs[d] = flat(json.load(f))
+    if len(configs) > 1:
+        first, *rest = configs.items()
+        differing = sorted({k for _, c in rest for k in set(c) | set(first[1]) if c.get(k) != first[1].get(k)})
+        if differing:
+            raise UserError(f"runs differ in more than the seed ({', '.join(differing[:6])}): "
+                            f"a mean ± std over them would mix settings")

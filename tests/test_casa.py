@@ -246,3 +246,13 @@ def test_seed_summary_gives_mean_and_std(tmp_path):
     table = (tmp_path / "summary" / "seeds.md").read_text()
     assert "| clean | all | image_auroc | 0.8500 ± 0.0707 | 2 |" in table
     assert "| clean | F | image_auroc | 0.7500 ± 0.0707 | 2 |" in table
+
+
+def test_seed_summary_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    from tests.test_cli import one_line_error
+    for seed, lr in ((0, 0.1), (1, 0.2)):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "metrics.json").write_text(json.dumps({"settings": []}))
+        (tmp_path / f"s{seed}" / "config.json").write_text(json.dumps({"seed": seed, "train": {"lr": lr}}))
+    one_line_error(capsys, cli.main(["--mode", "seeds", "--run_dirs", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                                     "--output_dir", str(tmp_path / "o")]), r"differ in more than the seed \(train.lr\)")
