@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
+from attacks.fgsm import TRAIN_ATTACKS
 from datasets.registry import DATASETS
 from methods import METHODS, get_method
 from models.casa import CaSAConfig
@@ -54,6 +55,9 @@ class TrainConfig:
     adv_train: bool = True
     epsilon_train: float = 8 / 255
     step_train: int = 10
+    train_attack: str = "pgd"         # pgd (official), fgsm_rs or nfgsm (single-step)
+    co_guard: bool = True             # single-step: watch PGD-10 on a few training images every epoch
+    co_factor: float = 3.0            # catastrophic overfitting: PGD-10 gains > this x the single step's gain
     attack_mode: str = "train"        # model mode during training attacks (official: train, dropout on)
     use_reg: bool = True
     reg_weights: Tuple[float, ...] = (0.005, 0.01, 0.05)
@@ -158,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patchguard (CVPR 2025) or casa (BMVC 2022: attention-guided cut-and-paste, attention map, TTA)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast of the model's matrix products (CUDA, or CPUs with AMX / AVX-512 bf16); "
+                        "attack steps and projections stay fp32")
     g.add_argument("--output_dir", help="run directory (default runs/<dataset>/<class_name>)")
     g.add_argument("--checkpoint_dir", help="where checkpoints go (default <output_dir>/checkpoints)")
     g.add_argument("--checkpoint", help="checkpoint to test/visualize (default <checkpoint_dir>/patchguard_<dataset>_<class>.pth)")
@@ -249,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adversarial training (default: on for patchguard, off for casa)")
     g.add_argument("--no_adv_train", action="store_false", dest="adv_train")
     g.add_argument("--epsilon_train", type=float, default=8, help="in 1/255 units")
-    g.add_argument("--step_train", type=int, default=10)
+    g.add_argument("--step_train", type=int, default=10, help="PGD steps (--train_attack pgd)")
+    g.add_argument("--train_attack", choices=TRAIN_ATTACKS, default="pgd",
+                   help="pgd: the official PGD-<step_train>; fgsm_rs: FGSM with random start (step 1.25 eps); "
+                        "nfgsm: N-FGSM (noise 2 eps, step eps, no projection)")
+    g.add_argument("--no_co_guard", action="store_false", dest="co_guard",
+                   help="single-step training: do not watch for catastrophic overfitting")
+    g.add_argument("--co_factor", type=float, default=3.0,
+                   help="catastrophic overfitting when PGD-10's loss gain on training images exceeds this many times "
+                        "the single-step attack's; training then goes on with PGD-<step_train>")
     g.add_argument("--train_attack_mode", choices=("train", "eval"), default="train",
                    help="model mode while attacking during training (official: train, dropout on)")
     g.add_argument("--no_reg", action="store_false", dest="use_reg")
@@ -448,7 +462,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
                         num_workers=a.num_workers),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
-                          adv_train=adv_train and a.step_train > 0 and a.epsilon_train > 0, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
+                          adv_train=adv_train and (a.step_train > 0 or a.train_attack != "pgd") and a.epsilon_train > 0,
+                          train_attack=a.train_attack, co_guard=a.co_guard, co_factor=a.co_factor, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
                           attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
                           save_every=a.save_every, resume=a.resume, overwrite=a.overwrite, backbone_weights=a.backbone_weights),
         eval=EvalConfig(adv_test=a.adv_test, attack=tuple(dict.fromkeys(a.attack)),

@@ -14,12 +14,15 @@ def run_class(cfg) -> dict:
     from engine.predict import run_predict
     from engine.train import refuse_to_overwrite, run_train
     from engine.visualize import run_visualization
+    from utils.precision import bf16_applies
     from utils.io import ensure_writable_dir, write_json
 
     ensure_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir)
-    if cfg.bf16 and (cfg.device != "cuda" or not torch.cuda.is_available()):
-        log.info("--bf16 applies to CUDA only: running in fp32")
+    device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+    if cfg.bf16 and not bf16_applies(device, True):
+        log.info("--bf16: this CPU has no native bf16 (AMX / AVX-512 bf16): running in fp32")
+    log.info("precision: %s on %s", "bf16 autocast" if bf16_applies(device, cfg.bf16) else "fp32", device)
     results = {}
     if cfg.mode == "foreground":
         run_foreground_report(cfg)

@@ -82,7 +82,7 @@ class Attack:
             x0 = images.detach()
             x, zero_grad = self._attack(x0, patch_labels.detach())
             self.last_report = AttackReport(
-                eps=self.eps, max_delta=float((x - x0).abs().max()) if x.numel() else 0.0,
+                eps=self.bound, max_delta=float((x - x0).abs().max()) if x.numel() else 0.0,
                 min_value=float(x.min()), max_value=float(x.max()), nan_count=int(torch.isnan(x).sum()),
                 zero_grad_images=int(zero_grad.sum()), images=len(x))
             return x
@@ -90,6 +90,11 @@ class Attack:
             for p in trainable:
                 p.requires_grad_(True)
             self.model.train(was_training)
+
+    @property
+    def bound(self) -> float:
+        """The largest |perturbation| this attack may make (the eps-ball, unless an attack says otherwise)."""
+        return self.eps
 
     def _generator(self, device) -> Optional[torch.Generator]:
         return torch.Generator(device=device).manual_seed(self.seed) if self.seed is not None else None

@@ -16,7 +16,7 @@ from attacks import PGD  # noqa: E402
 from datasets.assembly import train_dataset  # noqa: E402
 from engine.common import loader  # noqa: E402
 from methods.patchguard import train_step  # noqa: E402
-from utils.precision import autocast  # noqa: E402
+from utils.precision import autocast, bf16_applies  # noqa: E402
 from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
 from config import parse_config  # noqa: E402
 
@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=112)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--step_train", type=int, default=10)
+    p.add_argument("--train_attack", choices=("pgd", "fgsm_rs", "nfgsm"), default="pgd")
     p.add_argument("--step_test", type=int, default=10)
     p.add_argument("--steps", type=int, default=5, help="timed training steps / evaluation batches")
     p.add_argument("--warmup", type=int, default=1)
@@ -40,6 +41,7 @@ def main() -> None:
     cfg = parse_config(["--dataset", a.dataset, "--class_name", a.class_name, "--dataset_dir", a.dataset_dir,
                         "--backbone", a.backbone, "--image_size", str(a.image_size), "--device", a.device,
                         "--train_batch_size", str(a.batch_size), "--step_train", str(a.step_train),
+                        "--train_attack", a.train_attack,
                         "--num_workers", str(a.num_workers), "--output_dir", "/tmp/patchguard-bench"]
                        + (["--bf16"] if a.bf16 else []))
     device = torch.device(a.device)
@@ -48,8 +50,10 @@ def main() -> None:
     dataset = train_dataset(cfg, model.patch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, PGD-{a.step_train} training, "
-          f"{'bf16' if a.bf16 else 'fp32'}, {device}, {torch.get_num_threads()} threads")
+    attack = f"PGD-{a.step_train}" if a.train_attack == "pgd" else a.train_attack
+    precision = "bf16" if bf16_applies(device, a.bf16) else "fp32" + (" (no native bf16 here)" if a.bf16 else "")
+    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, "
+          f"{precision}, {device}, {torch.get_num_threads()} threads")
 
     def batches():
         epoch = 0

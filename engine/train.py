@@ -1,5 +1,6 @@
 """Adversarial training with pseudo-anomalies (official recipe), resumable and interrupt-safe."""
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attacks import PGD
+from attacks import PGD, training_attack
 from datasets.assembly import train_dataset
 from engine.common import loader, log, resolve_device
 from datasets.dataset import to_tensor
@@ -38,6 +39,7 @@ def run_train(cfg: RunConfig) -> str:
     ensure_writable_dir(cfg.checkpoints)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    run_cfg = cfg  # as asked; `cfg` may switch to PGD training if single-step training overfits catastrophically
     method = get_method(cfg.method)
     model = method.build(cfg.model, cfg.train.backbone_weights).to(device)
     dataset = train_dataset(cfg, model.patch_size)
@@ -56,6 +58,8 @@ def run_train(cfg: RunConfig) -> str:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
+        if ckpt.get("switched_to_pgd"):
+            cfg = switch_to_pgd(cfg)
         if ckpt.get("saliency") is not None:
             dataset.set_saliency(ckpt["saliency"].numpy())
         start_epoch = ckpt["epoch"] + 1
@@ -63,8 +67,7 @@ def run_train(cfg: RunConfig) -> str:
     log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name, cfg.model.backbone,
              cfg.model.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
     if t.adv_train:
-        log.info("training attack: %r", PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode,
-                                            loss_fn=method.attack_loss))
+        log.info("training attack: %r", training_attack(model, t, method.attack_loss))
     else:
         log.info("training attack: none (clean training: the method's default, --no_adv_train, --step_train 0 "
                  "or --epsilon_train 0)")
@@ -89,24 +92,77 @@ def run_train(cfg: RunConfig) -> str:
             total += loss * len(batch["image"])
             count += len(batch["image"])
             bar.set_postfix(loss=f"{loss:.3f}")
+        if cfg.train.adv_train and cfg.train.train_attack != "pgd" and cfg.train.co_guard:
+            if catastrophic_overfitting(model, dataset, cfg, method, device, epoch):
+                cfg = switch_to_pgd(cfg)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         mean_loss = total / max(count, 1)
         epochs.set_postfix(loss=f"{mean_loss:.3f}")
         _append_history(history_path, epoch + 1, mean_loss, lr, time.time() - start)
         state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(),
+                     switched_to_pgd=cfg.train.train_attack != run_cfg.train.train_attack,
                      saliency=None if dataset.saliency is None else torch.from_numpy(dataset.saliency))
-        save_checkpoint(last_path, model, cfg.as_dict(), **state)
+        save_checkpoint(last_path, model, run_cfg.as_dict(), **state)
         if t.save_every and (epoch + 1) % t.save_every == 0:
-            save_checkpoint(cfg.checkpoint_file(f"_epoch{epoch + 1:04d}"), model, cfg.as_dict(),
+            save_checkpoint(cfg.checkpoint_file(f"_epoch{epoch + 1:04d}"), model, run_cfg.as_dict(),
                             epoch=epoch)
         if not cfg.tqdm or (epoch + 1) % max(1, t.epochs // 10) == 0 or epoch + 1 == t.epochs:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)
     dataset.set_epoch(t.epochs)  # a fresh synthetic copy of each training image for the method's statistics
     method.after_training(model, loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers), cfg, device)
-    save_checkpoint(cfg.final_checkpoint, model, cfg.as_dict(), epoch=t.epochs - 1)
+    save_checkpoint(cfg.final_checkpoint, model, run_cfg.as_dict(), epoch=t.epochs - 1)
     log.info("saved %s", cfg.final_checkpoint)
     return cfg.final_checkpoint
+
+
+def catastrophic_overfitting(model, dataset, cfg: RunConfig, method, device, epoch: int, n: int = 8) -> bool:
+    """Single-step training's guard: on n training images and their pseudo-anomalies (eval mode), the attack loss
+    gained over clean by the training attack and by PGD-10 at the same eps. Catastrophic overfitting = the
+    single-step attack stops finding what PGD still finds (PGD's gain > --co_factor x the single step's).
+    Each epoch's figures go to robustness.csv."""
+    t = cfg.train
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    x = torch.cat([torch.stack([it["image"] for it in items]), torch.stack([it["pseudo"] for it in items])]).to(device)
+    pseudo_labels = torch.stack([it["patch_labels"] for it in items])
+    labels = torch.cat([torch.zeros_like(pseudo_labels), pseudo_labels]).to(device)
+    loss_fn = method.attack_loss
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        clean = float(loss_fn(model(x), labels).mean())
+    single_attack = training_attack(model, dataclasses.replace(t, attack_mode="eval"), loss_fn)
+    pgd_attack = PGD(model, t.epsilon_train, 10, model_mode="eval", loss_fn=loss_fn)
+    single_adv, pgd_adv = single_attack(x, labels), pgd_attack(x, labels)  # attacks need gradients
+    with torch.no_grad():
+        single = float(loss_fn(model(single_adv), labels).mean())
+        pgd = float(loss_fn(model(pgd_adv), labels).mean())
+    model.train(was_training)
+    single_gain, pgd_gain = single - clean, pgd - clean
+    overfit = pgd_gain > t.co_factor * max(single_gain, 1e-6)
+    path = os.path.join(cfg.output_dir, "robustness.csv")
+    rows = []
+    if os.path.exists(path) and epoch > 0:
+        with open(path) as f:
+            rows = [r for r in csv.reader(f)][1:]
+        rows = [r for r in rows if int(r[0]) < epoch + 1]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", "clean_loss", "single_step_loss", "pgd10_loss", "pgd_gain_over_single_gain"])
+            w.writerows(rows + [[epoch + 1, f"{clean:.5f}", f"{single:.5f}", f"{pgd:.5f}",
+                                 f"{pgd_gain / max(single_gain, 1e-6):.3f}"]])
+    atomic_write(path, write)
+    if overfit:
+        log.warning("catastrophic overfitting at epoch %d: PGD-10 gains %.4f on training images, %s only %.4f; "
+                    "training goes on with PGD-%d", epoch + 1, pgd_gain, t.train_attack, single_gain, t.step_train)
+    return overfit
+
+
+def switch_to_pgd(cfg: RunConfig) -> RunConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, train_attack="pgd",
+                                                              step_train=max(cfg.train.step_train, 1)))
 
 
 def training_saliency(model, dataset, cfg: RunConfig, device) -> np.ndarray:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks import PGD
+from attacks import training_attack
 from losses.casa_loss import casa_attack_loss, casa_loss
 from models.casa import CaSA, CaSAConfig
 from models.tta import EntropyMomentTTA
@@ -22,7 +22,7 @@ def train_step(model: CaSA, batch: dict, optimizer, cfg, device) -> float:
     patch_labels = torch.cat([torch.zeros_like(pseudo_labels), pseudo_labels])
     image_labels = torch.cat([torch.zeros(len(normal), device=device), torch.ones(len(pseudo), device=device)])
     if t.adv_train:
-        attack = PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode, loss_fn=casa_attack_loss)
+        attack = training_attack(model, t, casa_attack_loss)
         with autocast(device, cfg.bf16):
             adv = attack(images, patch_labels)
         images, patch_labels, image_labels = (torch.cat([images, adv]), patch_labels.repeat(2, 1),

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks import PGD, patch_margin_loss
+from attacks import patch_margin_loss, training_attack
 from losses.patchguard_loss import patchguard_loss
 from models.patchguard import ModelConfig, PatchGuard
 from utils.precision import autocast
@@ -24,7 +24,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg, device) -> float:
     b = len(normal)
     groups = [(normal, normal_labels), (pseudo, pseudo_labels)]
     if t.adv_train:
-        attack = PGD(model, t.epsilon_train, t.step_train, model_mode=t.attack_mode)
+        attack = training_attack(model, t)
         with autocast(device, cfg.bf16):
             adv = attack(torch.cat([normal, pseudo]), torch.cat([normal_labels, pseudo_labels]))
         groups = [groups[0], (adv[:b], normal_labels), groups[1], (adv[b:], pseudo_labels)]

@@ -104,3 +104,37 @@ def test_restarts_keep_each_images_best_point():
     x0 = torch.full((3, 3, 2, 2), 0.5)
     adv = Scripted(Mean(), eps, steps=1, restarts=3, random_start=True, seed=0)(x0, torch.zeros(3, 1))
     torch.testing.assert_close(adv[:, 0, 0, 0] - 0.5, torch.tensor([1.0, 0.9, 1.0]) * eps)
+
+
+@pytest.mark.parametrize("name", ["fgsm_rs", "nfgsm"])
+def test_single_step_attacks_stay_in_their_ball_and_raise_the_loss(tiny_model, name):
+    from attacks import FGSMRS, NFGSM
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    x[0] = 0.0
+    x[1] = 1.0                                    # images on the box faces
+    labels = torch.zeros(4, 16)
+    labels[2, :6] = 1
+    eps = 8 / 255
+    attack = FGSMRS(tiny_model, eps, seed=0) if name == "fgsm_rs" else NFGSM(tiny_model, eps, seed=0)
+    adv = attack(x, labels)
+    bound = eps if name == "fgsm_rs" else 3 * eps   # N-FGSM: noise 2 eps + step eps, no projection (by design)
+    assert (adv - x).abs().max() <= bound + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert attack.last_report.ok and attack.last_report.eps == pytest.approx(bound)
+    if name == "nfgsm":
+        assert (adv - x).abs().max() > eps          # it does leave the eps-ball: no hidden projection
+    with torch.no_grad():
+        assert patch_margin_loss(tiny_model(adv), labels).mean() > patch_margin_loss(tiny_model(x), labels).mean()
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model):
+    from utils.precision import autocast, cpu_has_bf16
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16 (no amx_bf16 / avx512_bf16 flag): --bf16 runs fp32 here")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        fp32 = tiny_model(x)
+        with autocast(torch.device("cpu"), True):
+            bf16 = tiny_model(x).float()
+    # bf16 keeps 8 mantissa bits: logits of order 1 agree to about 2^-8 relative per product, 0.05 after the network
+    assert (bf16 - fp32).abs().max() < 0.05 * max(1.0, float(fp32.abs().max()))

@@ -224,3 +224,17 @@ def test_foreground_download_adds_missing_masks_and_keeps_the_users(tmp_path, mo
     assert (dest / "000.png").read_bytes() == b"users own" and (dest / "001.png").read_bytes() == b"official 1"
     download_data.download_foreground_masks("mvtec", str(target), ("file", "id"), replace=True)
     assert (dest / "000.png").read_bytes() == b"official 0"
+
+
+def test_single_step_training_watches_pgd_and_can_switch(tmp_path, demo_root):
+    from config import parse_config
+    from engine.train import switch_to_pgd
+    out = tmp_path / "run"
+    assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "2", "--train_attack", "nfgsm")) == 0
+    log = (out / "log.txt").read_text()
+    assert "training attack: N-FGSM(eps=8/255, noise=16/255, step=8/255" in log
+    rows = (out / "robustness.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,clean_loss,single_step_loss,pgd10_loss") and len(rows) == 3
+    cfg = parse_config(demo_args(demo_root, out, "--train_attack", "fgsm_rs", "--step_train", "0"))
+    assert cfg.train.adv_train and switch_to_pgd(cfg).train.train_attack == "pgd"
+    assert switch_to_pgd(cfg).train.step_train == 1
