@@ -58,6 +58,7 @@ class TrainConfig:
     train_attack: str = "pgd"         # pgd (official), fgsm_rs or nfgsm (single-step)
     co_guard: bool = True             # single-step: watch PGD-10 on a few training images every epoch
     co_factor: float = 3.0            # catastrophic overfitting: PGD-10 gains > this x the single step's gain
+    co_every: int = 5                 # epochs between two checks
     attack_mode: str = "train"        # model mode during training attacks (official: train, dropout on)
     use_reg: bool = True
     reg_weights: Tuple[float, ...] = (0.005, 0.01, 0.05)
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "nfgsm: N-FGSM (noise 2 eps, step eps, no projection)")
     g.add_argument("--no_co_guard", action="store_false", dest="co_guard",
                    help="single-step training: do not watch for catastrophic overfitting")
+    g.add_argument("--co_every", type=int, default=5, help="epochs between two catastrophic-overfitting checks")
     g.add_argument("--co_factor", type=float, default=3.0,
                    help="catastrophic overfitting when PGD-10's loss gain on training images exceeds this many times "
                         "the single-step attack's; training then goes on with PGD-<step_train>")
@@ -437,7 +439,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     method = get_method(a.method)
     model = method.model_config(a)
     adv_train = method.adv_train_default if a.adv_train is None else a.adv_train
-    for name in ("saliency_every", "saliency_warmup", "tta_steps"):
+    for name in ("saliency_every", "saliency_warmup", "tta_steps", "co_every"):
         if getattr(a, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(a, name)}")
     lo, hi = a.cutpaste_area
@@ -463,7 +465,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                         num_workers=a.num_workers),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
                           adv_train=adv_train and (a.step_train > 0 or a.train_attack != "pgd") and a.epsilon_train > 0,
-                          train_attack=a.train_attack, co_guard=a.co_guard, co_factor=a.co_factor, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
+                          train_attack=a.train_attack, co_guard=a.co_guard, co_factor=a.co_factor,
+                          co_every=a.co_every, epsilon_train=a.epsilon_train / 255, step_train=a.step_train,
                           attack_mode=a.train_attack_mode, use_reg=a.use_reg, reg_weights=tuple(a.reg_weights),
                           save_every=a.save_every, resume=a.resume, overwrite=a.overwrite, backbone_weights=a.backbone_weights),
         eval=EvalConfig(adv_test=a.adv_test, attack=tuple(dict.fromkeys(a.attack)),

@@ -92,7 +92,8 @@ def run_train(cfg: RunConfig) -> str:
             total += loss * len(batch["image"])
             count += len(batch["image"])
             bar.set_postfix(loss=f"{loss:.3f}")
-        if cfg.train.adv_train and cfg.train.train_attack != "pgd" and cfg.train.co_guard:
+        if (cfg.train.adv_train and cfg.train.train_attack != "pgd" and cfg.train.co_guard
+                and (epoch + 1) % max(1, cfg.train.co_every) == 0):
             if catastrophic_overfitting(model, dataset, cfg, method, device, epoch):
                 cfg = switch_to_pgd(cfg)
         lr = optimizer.param_groups[0]["lr"]

@@ -230,7 +230,8 @@ def test_single_step_training_watches_pgd_and_can_switch(tmp_path, demo_root):
     from config import parse_config
     from engine.train import switch_to_pgd
     out = tmp_path / "run"
-    assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "2", "--train_attack", "nfgsm")) == 0
+    assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "2", "--train_attack", "nfgsm",
+                                           "--co_every", "1")) == 0
     log = (out / "log.txt").read_text()
     assert "training attack: N-FGSM(eps=8/255, noise=16/255, step=8/255" in log
     rows = (out / "robustness.csv").read_text().strip().splitlines()
