@@ -16,17 +16,16 @@ import torch
 from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
+from config import READOUT_KEYS, RunConfig
 from datasets.assembly import test_dataset
 from engine.common import loader, log, resolve_device
-from utils.precision import autocast
-from methods import get_method
+from methods import get_method, load_model
 from models.patchguard import check_readout
 from utils.anomaly_map import anomaly_maps
-from methods import load_model
-from config import READOUT_KEYS, RunConfig
 from utils.figures import pyplot, save_figure
 from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate
+from utils.precision import autocast
 
 TARGET_LABELS = {"both": (0, 1), "normal": (0,), "anomalous": (1,)}
 
@@ -133,7 +132,9 @@ def attack_settings(cfg: RunConfig):
 
 def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta) -> dict:
     """What a setting's numbers depend on besides the checkpoint: equal keys, equal results."""
-    key = {"attack": name, "eps_255": round(eps * 255, 6), "steps": steps,
+    d = cfg.data
+    key = {"data": f"{d.dataset}/{d.class_name} at {os.path.abspath(d.dataset_dir)}", "attack": name,
+           "eps_255": round(eps * 255, 6), "steps": steps,
            **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "bf16": cfg.bf16, "tta": repr(tta) if tta else None}
     if name != "none":
         e = cfg.eval

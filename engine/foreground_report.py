@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 
+from config import RunConfig
+from datasets.assembly import samples, whole_image_foreground, with_estimated_foreground
 from datasets.foreground import coverage, estimate_foreground
 from datasets.images import load_image, load_mask
-from datasets.assembly import samples, whole_image_foreground, with_estimated_foreground
 from engine.common import log
-from config import RunConfig
 from utils.figures import pyplot, save_figure
 from utils.io import write_json
 

@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 
+from config import RunConfig
+from datasets.assembly import samples
 from datasets.dataset import AnomalyDataset
 from datasets.samples import Sample, list_images
-from datasets.assembly import samples
 from engine.common import loader, log
 from engine.evaluate import load_for_evaluation, predict
-from config import RunConfig
 from utils.errors import UserError
 from utils.figures import pyplot, save_figure
 from utils.io import atomic_write, write_json

@@ -3,10 +3,10 @@ import csv
 import io
 import os
 
+from config import RunConfig
 from datasets.samples import available_classes
 from engine.common import log, setup_logging
 from engine.evaluate import setting_label
-from config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write
 

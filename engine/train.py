@@ -1,4 +1,6 @@
-"""Adversarial training with pseudo-anomalies (official recipe), resumable and interrupt-safe."""
+"""The training loop of every method (its step, model and statistics come from methods/): pseudo-anomalies made
+in workers, attention saliency refreshed for guided cut-and-paste, the single-step training guard, resumable and
+interrupt-safe checkpoints."""
 import csv
 import dataclasses
 import math
@@ -10,13 +12,13 @@ import torch
 from tqdm import tqdm
 
 from attacks import PGD, training_attack
+from config import RunConfig
 from datasets.assembly import train_dataset
-from engine.common import loader, log, resolve_device
 from datasets.dataset import to_tensor
+from engine.common import loader, log, resolve_device
 from methods import get_method
 from models.saliency import saliency
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
-from config import RunConfig
 from utils.errors import UserError
 from utils.io import atomic_write, ensure_writable_dir
 from utils.seed import rng_state, seed_everything, set_rng_state

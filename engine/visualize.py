@@ -9,10 +9,10 @@ import os
 import numpy as np
 from torch.utils.data import Subset
 
+from config import RunConfig
 from datasets.assembly import test_dataset
 from engine.common import loader, log
 from engine.evaluate import load_for_evaluation, make_attack, predict
-from config import RunConfig
 from utils.figures import pyplot, save_figure
 from utils.io import atomic_write
 
