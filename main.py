@@ -14,6 +14,7 @@ def run_class(cfg) -> dict:
     from engine.predict import run_predict
     from engine.train import refuse_to_overwrite, run_train
     from engine.visualize import run_visualization
+    from utils.distributed import is_main
     from utils.precision import bf16_applies
     from utils.io import ensure_writable_dir, write_json
 
@@ -28,13 +29,14 @@ def run_class(cfg) -> dict:
         run_foreground_report(cfg)
     if cfg.mode in ("train", "all"):
         refuse_to_overwrite(cfg)
-        write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
+        if is_main():
+            write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
         run_train(cfg)
     if cfg.mode in ("test", "all"):
         results = run_test(cfg)
-    if cfg.mode in ("visualization", "all"):
+    if cfg.mode in ("visualization", "all") and is_main():  # pictures: rank 0 alone
         run_visualization(cfg)
-    if cfg.mode == "predict":
+    if cfg.mode == "predict" and is_main():
         run_predict(cfg)
     log.info("run directory: %s", cfg.output_dir)
     return results
@@ -66,7 +68,9 @@ def run(cfg) -> None:
 def main(argv=None) -> int:
     try:
         from config import parse_config
+        from utils.distributed import init_from_env
         cfg = parse_config(argv)
+        init_from_env(cfg.device)  # torchrun: one process per device
         run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from attacks import PGD  # noqa: E402
 from datasets.assembly import train_dataset  # noqa: E402
 from engine.common import loader  # noqa: E402
 from methods.patchguard import train_step  # noqa: E402
+from utils.distributed import ShardedShuffle  # noqa: E402
 from utils.precision import autocast, bf16_applies  # noqa: E402
 from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
 from config import parse_config  # noqa: E402
@@ -59,8 +60,7 @@ def main() -> None:
         epoch = 0
         while True:
             dataset.set_epoch(epoch)
-            yield from loader(dataset, a.batch_size, a.num_workers, shuffle=True,
-                              generator=torch.Generator().manual_seed(epoch))
+            yield from loader(dataset, a.batch_size, a.num_workers, sampler=ShardedShuffle(len(dataset), epoch, epoch))
             epoch += 1
     it = batches()
     times = []

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
@@ -25,6 +26,7 @@ from utils.anomaly_map import anomaly_maps
 from utils.figures import pyplot, save_figure
 from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate
+from utils.distributed import gather_in_order, is_main, rank, world_size
 from utils.precision import autocast
 
 TARGET_LABELS = {"both": (0, 1), "normal": (0,), "anomalous": (1,)}
@@ -169,7 +171,9 @@ def run_test(cfg: RunConfig) -> dict:
     path = checkpoint_path(cfg)
     model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
-    batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
+    shard = list(range(rank(), len(dataset), world_size()))  # under torchrun each rank scores its share
+    batches = loader(Subset(dataset, shard) if world_size() > 1 else dataset, cfg.data.test_batch_size,
+                     cfg.data.num_workers)
     n_anom = sum(s.label for s in dataset.samples)
     log.info("test: %s, %d images (%d anomalous)%s", path, len(dataset), n_anom,
              "" if dataset.has_masks else "; no pixel masks: image metrics only")
@@ -195,15 +199,18 @@ def run_test(cfg: RunConfig) -> dict:
             requested.append(previous)
             continue
         setting = run_setting(cfg, model, device, batches, dataset.has_masks, name, eps, steps, tta,
-                              groups=[s.group for s in dataset.samples])
+                              groups=[s.group for s in dataset.samples], shard=shard)
         setting["key"] = key
         results["settings"] = [s for s in results["settings"] if s["key"] != key] + [setting]
         requested.append(setting)
-        write_json(metrics_path, results)  # finished settings survive a crash or Ctrl-C in the next one
+        if is_main():
+            write_json(metrics_path, results)  # finished settings survive a crash or Ctrl-C in the next one
     results["seconds"] = time.time() - total_start
     results["metrics_seconds"] = sum(s["metrics_seconds"] for s in requested)
-    write_json(metrics_path, results)
     shown = dict(results, settings=requested)
+    if not is_main():
+        return shown
+    write_json(metrics_path, results)
     save_sweep_plots(shown, os.path.join(cfg.output_dir, "plots"))
     log.info("\n%s", format_table(shown))
     log.info("evaluation %.1fs, of which metrics %.2fs; wrote %s", results["seconds"], results["metrics_seconds"],
@@ -212,12 +219,13 @@ def run_test(cfg: RunConfig) -> dict:
 
 
 def run_setting(cfg: RunConfig, model, device, batches, has_masks: bool, name: str, eps: float,
-                steps: int, adapter=None, groups=()) -> dict:
+                steps: int, adapter=None, groups=(), shard=()) -> dict:
     attack = None if name == "none" else make_attack(name, model, eps, steps, cfg)
     t0 = time.time()
     desc = ("clean" if attack is None else f"{name.upper()}-{steps} eps {eps * 255:g}/255") + (" + TTA" if adapter else "")
-    pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm, target=cfg.eval.attack_target,
-                   adapter=adapter)
+    pred = predict(model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm and is_main(),
+                   target=cfg.eval.attack_target, adapter=adapter)
+    pred = gather_in_order(pred, shard)  # all ranks' scores and maps, in test-set order
     t1 = time.time()
     setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None,
                **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}

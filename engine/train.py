@@ -19,6 +19,7 @@ from engine.common import loader, log, resolve_device
 from methods import get_method
 from models.saliency import saliency
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
+from utils.distributed import GradientAveraging, ShardedShuffle, barrier, is_main, same_on_all_ranks, sum_over_ranks
 from utils.errors import UserError
 from utils.io import atomic_write, ensure_writable_dir
 from utils.seed import rng_state, seed_everything, set_rng_state
@@ -49,6 +50,7 @@ def run_train(cfg: RunConfig) -> str:
     guided = cfg.data.pseudo_anomaly == "attention"
     warmup = 0 if t.backbone_weights else cfg.data.saliency_warmup
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    step_optimizer = GradientAveraging(optimizer)  # plain AdamW in one process; averages gradients under torchrun
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_decay_factor)
     last_path = cfg.last_checkpoint
     start_epoch = 0
@@ -81,14 +83,14 @@ def run_train(cfg: RunConfig) -> str:
         dataset.set_epoch(epoch)
         if guided and epoch >= warmup and (epoch - warmup) % max(1, cfg.data.saliency_every) == 0:
             dataset.set_saliency(training_saliency(model, dataset, cfg, device))
-        shuffle_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers, shuffle=True, generator=shuffle_gen)
+        batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers,
+                         sampler=ShardedShuffle(len(dataset), cfg.seed * 100003 + epoch, epoch))
         model.train()
         start, total, count = time.time(), 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not cfg.tqdm,
                    dynamic_ncols=True)
         for batch in bar:
-            loss = method.train_step(model, batch, optimizer, cfg, device)
+            loss = method.train_step(model, batch, step_optimizer, cfg, device)
             if not math.isfinite(loss):
                 raise UserError(f"loss became {loss} at epoch {epoch + 1}; lower --lr or try without --bf16")
             total += loss * len(batch["image"])
@@ -96,12 +98,15 @@ def run_train(cfg: RunConfig) -> str:
             bar.set_postfix(loss=f"{loss:.3f}")
         if (cfg.train.adv_train and cfg.train.train_attack != "pgd" and cfg.train.co_guard
                 and (epoch + 1) % max(1, cfg.train.co_every) == 0):
-            if catastrophic_overfitting(model, dataset, cfg, method, device, epoch):
+            if same_on_all_ranks(catastrophic_overfitting(model, dataset, cfg, method, device, epoch)):
                 cfg = switch_to_pgd(cfg)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        total, count = sum_over_ranks(total, count)
         mean_loss = total / max(count, 1)
         epochs.set_postfix(loss=f"{mean_loss:.3f}")
+        if not is_main():
+            continue  # rank 0 alone writes
         _append_history(history_path, epoch + 1, mean_loss, lr, time.time() - start)
         state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(),
                      switched_to_pgd=cfg.train.train_attack != run_cfg.train.train_attack,
@@ -114,8 +119,10 @@ def run_train(cfg: RunConfig) -> str:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)
     dataset.set_epoch(t.epochs)  # a fresh synthetic copy of each training image for the method's statistics
     method.after_training(model, loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers), cfg, device)
-    save_checkpoint(cfg.final_checkpoint, model, run_cfg.as_dict(), epoch=t.epochs - 1)
-    log.info("saved %s", cfg.final_checkpoint)
+    if is_main():
+        save_checkpoint(cfg.final_checkpoint, model, run_cfg.as_dict(), epoch=t.epochs - 1)
+        log.info("saved %s", cfg.final_checkpoint)
+    barrier()
     return cfg.final_checkpoint
 
 
@@ -156,7 +163,8 @@ def catastrophic_overfitting(model, dataset, cfg: RunConfig, method, device, epo
             w.writerow(["epoch", "clean_loss", "single_step_loss", "pgd10_loss", "pgd_gain_over_single_gain"])
             w.writerows(rows + [[epoch + 1, f"{clean:.5f}", f"{single:.5f}", f"{pgd:.5f}",
                                  f"{pgd_gain / max(single_gain, 1e-6):.3f}"]])
-    atomic_write(path, write)
+    if is_main():
+        atomic_write(path, write)
     if overfit:
         log.warning("catastrophic overfitting at epoch %d: PGD-10 gains %.4f on training images, %s only %.4f; "
                     "training goes on with PGD-%d", epoch + 1, pgd_gain, t.train_attack, single_gain, t.step_train)

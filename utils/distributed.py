@@ -1,0 +1,127 @@
+"""Several processes, one model: `torchrun --nproc_per_node N main.py --mode train ...`.
+
+gloo on the CPU, NCCL on GPUs. Each rank trains on its shard of every global batch (the shards of one global batch
+together are exactly the single-process batch of the same size), gradients are averaged before each optimiser
+step, rank 0 alone writes checkpoints, logs and results. Evaluation shards the test set and gathers scores and
+maps before the metrics. With no torchrun environment everything here is a no-op.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def init_from_env(device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    cuda = device == "cuda" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device(name: str) -> torch.device:
+    if name == "cuda" and torch.cuda.is_available() and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+class ShardedShuffle(Sampler):
+    """The single-process shuffle (randperm with a per-epoch seed), dealt out round-robin to the ranks: with a
+    per-rank batch b, global batch k over N ranks = single-process batch k of size N * b. Padded by wrapping so
+    every rank gets the same number of samples."""
+
+    def __init__(self, size: int, seed: int, epoch: int):
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def _indices(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        world = world_size()
+        order += order[:(-len(order)) % world]
+        return order[rank()::world]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return -(-self.size // world_size())
+
+
+class GradientAveraging:
+    """An optimiser whose step() first averages the gradients over the ranks (then it is the plain optimiser)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        world = world_size()
+        if world > 1:
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+        self.optimizer.step()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def sum_over_ranks(*values: float):
+    if world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def same_on_all_ranks(value):
+    """Rank 0's value everywhere (decisions that must not diverge)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_in_order(part: dict, indices) -> dict:
+    """Each rank's arrays for its `indices` -> every rank holds the arrays of all indices in index order."""
+    if world_size() == 1:
+        return part
+    import numpy as np
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, (list(indices), part))
+    order = np.argsort(np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts]), kind="stable")
+    out = {}
+    for key, value in part.items():
+        if isinstance(value, np.ndarray):
+            out[key] = np.concatenate([p[key] for _, p in parts])[order]
+        elif key == "report":  # attack checks: merged over the ranks
+            reports = [p[key] for _, p in parts if p[key] is not None]
+            out[key] = reports[0] if reports else None
+            for r in reports[1:]:
+                out[key] = out[key].merge(r)
+        else:
+            out[key] = value
+    return out
