@@ -114,6 +114,7 @@ class RunConfig:
     use_data_prep: bool = False
     use_weight_prep: bool = False
     run_dirs: Tuple[str, ...] = ()
+    devices: Tuple[int, ...] = ()
     method: str = "patchguard"
     model: Union[ModelConfig, CaSAConfig] = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patchguard (CVPR 2025) or casa (BMVC 2022: attention-guided cut-and-paste, attention map, TTA)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
+    g.add_argument("--devices", type=int, nargs="+", default=[],
+                   help="--class_name all: run one class per listed GPU at a time, each in its own process")
     g.add_argument("--bf16", action="store_true",
                    help="bf16 autocast of the model's matrix products (CUDA, or CPUs with AMX / AVX-512 bf16); "
                         "attack steps and projections stay fp32")
@@ -346,7 +349,8 @@ def _strict_bool(value, key: str, where: str) -> bool:
     raise UserError(f"{where}: '{key}' must be true or false, got {value!r}")
 
 
-RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout", "run_dirs"}  # not carried over from a run's config.json
+RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout", "run_dirs", "devices",
+                 "use_data_prep", "use_weight_prep"}  # not carried over from a run's config.json
 RENAMED = {"attack_mode": "train_attack_mode", "map_layers": "casa_map_layers", "head_hidden": "casa_head_hidden",
            "score": "casa_score", "seg_loss": "casa_seg_loss", "seg_weight": "casa_seg_weight"}
 IN_255_UNITS = {"epsilon_train", "epsilon_test", "epsilon_visualization"}
@@ -411,6 +415,9 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         raise UserError("--dataset_dir is required (the folder that holds the class folders)")
     if a.mode == "predict" and not a.predict_dir:
         raise UserError("--mode predict needs --predict_dir (a folder of images to score)")
+    if a.devices and a.class_name != "all":
+        raise UserError("--devices runs one class per GPU with --class_name all; for one class use "
+                        "torchrun --nproc_per_node N main.py ...")
     if a.checkpoint and a.class_name == "all":
         raise UserError("--checkpoint names one class's model; with --class_name all each class uses its own "
                         "(give --checkpoint_dir, or one --class_name)")
@@ -450,7 +457,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(
         mode=a.mode, method=a.method, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
         checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm,
-        use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, run_dirs=tuple(a.run_dirs), model=model,
+        use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, run_dirs=tuple(a.run_dirs), devices=tuple(a.devices), model=model,
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
                         foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
                         visa_split=a.visa_split, on_corrupt=a.on_corrupt, normal_dir=a.normal_dir,

@@ -16,12 +16,14 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 def run_all_classes(cfg: RunConfig, run_class) -> None:
     classes = available_classes(cfg.data.dataset, cfg.data.dataset_dir)
     rows, failed = [], []
-    for name in classes:
-        class_cfg = cfg.for_class(name, os.path.join(cfg.output_dir, name))
-        try:
-            results = run_class(class_cfg)
-        except UserError as e:  # one broken class does not stop the others
-            failed.append(f"{name}: {e}")
+    if len(cfg.devices) > 1:
+        setup_logging(cfg.output_dir)
+        outcomes = sorted(run_on_devices(cfg, classes), key=lambda item: classes.index(item[0]))
+    else:
+        outcomes = ((name, _run_here(cfg, name, run_class)) for name in classes)
+    for name, results in outcomes:
+        if isinstance(results, str):  # one broken class does not stop the others
+            failed.append(f"{name}: {results}")
             continue
         for s in results.get("settings", []):
             rows.append({"class": name, "setting": setting_label(s), **{m: s.get(m) for m in METRICS}})
@@ -30,6 +32,55 @@ def run_all_classes(cfg: RunConfig, run_class) -> None:
         write_summary(cfg.output_dir, rows)
     if failed:
         raise UserError(f"{len(failed)} of {len(classes)} classes failed: " + " | ".join(failed))
+
+
+def _run_here(cfg: RunConfig, name: str, run_class):
+    try:
+        return run_class(cfg.for_class(name, os.path.join(cfg.output_dir, name)))
+    except UserError as e:
+        return str(e)
+
+
+def run_on_devices(cfg: RunConfig, classes):
+    """One class per device at a time (`--devices 0 1 ...`), each in its own process with only that GPU visible;
+    yields (class, its test results or an error text) as the classes finish."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from utils.io import write_json
+    main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
+    flags = [f for f, on in (("--resume", cfg.train.resume), ("--overwrite", cfg.train.overwrite),
+                             ("--recompute", cfg.eval.recompute)) if on]
+    pending, running, free = list(classes), {}, list(cfg.devices)
+    while pending or running:
+        while pending and free:
+            name, device = pending.pop(0), free.pop(0)
+            class_cfg = cfg.for_class(name, os.path.join(cfg.output_dir, name))
+            os.makedirs(class_cfg.output_dir, exist_ok=True)
+            launch = os.path.join(class_cfg.output_dir, "launch_config.json")
+            write_json(launch, class_cfg.as_dict())
+            out = open(os.path.join(class_cfg.output_dir, "launch.log"), "w")
+            proc = subprocess.Popen([sys.executable, main_py, "--config", launch, "--mode", cfg.mode, *flags],
+                                    env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(device)), stdout=out,
+                                    stderr=subprocess.STDOUT)
+            running[name] = (proc, device, out, class_cfg.output_dir)
+            log.info("class %s on device %s (log: %s)", name, device, out.name)
+        time.sleep(1)
+        for name, (proc, device, out, out_dir) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            out.close()
+            del running[name]
+            free.append(device)
+            metrics = os.path.join(out_dir, "metrics.json")
+            if proc.returncode:
+                yield name, f"exit code {proc.returncode}, see {out.name}"
+            elif os.path.isfile(metrics) and cfg.mode in ("test", "all"):
+                with open(metrics) as f:
+                    yield name, json.load(f)
+            else:
+                yield name, {}
 
 
 def write_summary(out_dir: str, rows: list) -> None:

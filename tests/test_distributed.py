@@ -46,3 +46,18 @@ def test_two_processes_train_like_one_and_shard_evaluation_exactly(tmp_path, dem
     for s, t in zip(a, b):
         for key in ("image_auroc", "pixel_auroc", "aupro", "image_ap"):
             assert s[key] == pytest.approx(t[key], abs=1e-6), key
+
+
+def test_class_all_on_several_devices_runs_one_process_per_class(tmp_path, demo_root):
+    data = tmp_path / "data"
+    for name in ("bottle", "screw"):
+        shutil.copytree(os.path.join(demo_root, "widget"), data / name)
+    out = tmp_path / "runs"
+    main_py("--mode", "all", "--dataset", "mvtec", "--class_name", "all", "--dataset_dir", str(data), "--output_dir",
+            str(out), *TINY, "--epochs", "1", "--step_train", "1", "--step_test", "1", "--epsilon_test", "8",
+            "--num_visualization", "1", "--devices", "0", "1")
+    lines = (out / "summary.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["bottle", "screw", "mean"]
+    for name in ("bottle", "screw"):
+        assert "class bottle on device 0" in (out / "log.txt").read_text()
+        assert (out / name / "metrics.json").exists() and (out / name / "launch.log").exists()
