@@ -63,7 +63,9 @@ class APGD(Attack):
             rises += (loss > loss_prev).float()
             loss_prev = loss
             improved = loss > loss_best
-            x_best[improved], loss_best[improved], grad_best[improved] = x[improved], loss[improved], grad_new[improved]
+            pick = improved.view(view)  # torch.where, not boolean indexing: no host sync on a GPU
+            x_best, grad_best = torch.where(pick, x, x_best), torch.where(pick, grad_new, grad_best)
+            loss_best = torch.where(improved, loss, loss_best)
             grad = grad_new
             if k + 1 in marks:
                 since = k + 1 - last_mark
@@ -71,9 +73,10 @@ class APGD(Attack):
                 stalled = (step.flatten() == step_at_mark.flatten()) & (loss_best == best_at_mark)
                 halve = too_few_rises | stalled
                 step_at_mark, best_at_mark = step.clone(), loss_best.clone()
-                step[halve] /= 2.0
+                halve = halve.view(view)
+                step = torch.where(halve, step / 2.0, step)
                 # those images go on from their best point (AutoAttack keeps its gradient too)
-                x[halve], grad[halve] = x_best[halve], grad_best[halve]
+                x, grad = torch.where(halve, x_best, x), torch.where(halve, grad_best, grad)
                 rises.zero_()
                 last_mark = k + 1
         return x_best, zero_grad

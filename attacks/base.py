@@ -67,7 +67,7 @@ class Attack:
             with torch.no_grad():
                 loss = self.loss_fn(self.model(x), labels)
             better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss > best_loss
-            best[better] = x[better]
+            best = torch.where(better.view((-1,) + (1,) * (x.dim() - 1)), x, best)
             best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
         return best, zero_grad
 
