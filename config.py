@@ -10,7 +10,7 @@ from attacks.fgsm import TRAIN_ATTACKS
 from datasets.registry import DATASETS
 from methods import METHODS, get_method
 from models.casa import CaSAConfig
-from models.patchguard import ModelConfig
+from models.patchguard import READOUT_KEYS, ModelConfig
 from models.tta import PARAM_SETS
 from utils.errors import UserError
 
@@ -389,9 +389,6 @@ def _coerce(action: argparse.Action, value, where: str):
     if len(items) != 1:
         raise UserError(f"{where}: '{action.dest}' takes one value, got {value!r}")
     return items[0]
-
-
-READOUT_KEYS = ("top_k", "smoothing_sigma", "smoothing_radius")  # change no weights: may override a checkpoint's
 
 
 def _positive(name: str, value) -> None:

@@ -1,5 +1,4 @@
 """PatchGuard command line: python main.py --mode train|test|visualization|all --dataset D --class_name C ..."""
-import os
 import sys
 
 from utils.errors import UserError
@@ -12,11 +11,11 @@ def run_class(cfg) -> dict:
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
     from engine.predict import run_predict
-    from engine.train import refuse_to_overwrite, run_train
+    from engine.train import run_train
     from engine.visualize import run_visualization
     from utils.distributed import is_main
     from utils.precision import bf16_applies
-    from utils.io import ensure_writable_dir, write_json
+    from utils.io import ensure_writable_dir
 
     ensure_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir)
@@ -28,10 +27,7 @@ def run_class(cfg) -> dict:
     if cfg.mode == "foreground":
         run_foreground_report(cfg)
     if cfg.mode in ("train", "all"):
-        refuse_to_overwrite(cfg)
-        if is_main():
-            write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
-        run_train(cfg)
+        run_train(cfg)  # refuses before writing anything where a previous run's model lies
     if cfg.mode in ("test", "all"):
         results = run_test(cfg)
     if cfg.mode in ("visualization", "all") and is_main():  # pictures: rank 0 alone

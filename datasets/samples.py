@@ -185,15 +185,16 @@ def folder_layout(spec: FolderSpec, split: str) -> List[Sample]:
     if split == "train":
         return [Sample(p, 0) for p in train]
     samples, missing = [Sample(p, 0) for p in test_normal], []
-    for folder in spec.abnormal_dir:
+    paired = len(spec.mask_dir) == len(spec.abnormal_dir)
+    for i, folder in enumerate(spec.abnormal_dir):
         abnormal = list_images(folder)
         if not abnormal:
             raise UserError(f"no images in --abnormal_dir {folder}")
         defect = os.path.basename(os.path.normpath(folder)) if len(spec.abnormal_dir) > 1 else "abnormal"
+        # masks matched by name: first in the mask folder at the same position, then in any mask folder
+        mask_dirs = ([spec.mask_dir[i]] if paired else []) + list(spec.mask_dir)
         for p in abnormal:
-            # masks matched by name: first in the mask folder of the same position, then in any mask folder
-            own = [spec.mask_dir[spec.abnormal_dir.index(folder)]] if len(spec.mask_dir) == len(spec.abnormal_dir) else []
-            mask = next((m for d in own + list(spec.mask_dir) for m in [find_by_stem(d, _stem(p))] if m), None)
+            mask = next((m for d in mask_dirs for m in [find_by_stem(d, _stem(p))] if m), None)
             if spec.mask_dir and mask is None:
                 missing.append(os.path.relpath(p, os.path.dirname(os.path.normpath(folder))))
             samples.append(Sample(p, 1, mask=mask, defect=defect))

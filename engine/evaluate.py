@@ -17,11 +17,11 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from attacks import APGD, PGD, Attack
-from config import READOUT_KEYS, RunConfig
+from config import RunConfig
 from datasets.assembly import test_dataset
 from engine.common import loader, log, resolve_device
 from methods import get_method, load_model
-from models.patchguard import check_readout
+from models.patchguard import READOUT_KEYS, check_readout
 from utils.anomaly_map import anomaly_maps
 from utils.figures import pyplot, save_figure
 from utils.io import ensure_writable_dir, write_json

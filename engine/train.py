@@ -21,7 +21,7 @@ from models.saliency import saliency
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
 from utils.distributed import GradientAveraging, ShardedShuffle, barrier, is_main, same_on_all_ranks, sum_over_ranks
 from utils.errors import UserError
-from utils.io import atomic_write, ensure_writable_dir
+from utils.io import atomic_write, ensure_writable_dir, write_json
 from utils.seed import rng_state, seed_everything, set_rng_state
 
 
@@ -40,6 +40,8 @@ def run_train(cfg: RunConfig) -> str:
     refuse_to_overwrite(cfg)
     ensure_writable_dir(cfg.output_dir)
     ensure_writable_dir(cfg.checkpoints)
+    if is_main():
+        write_json(os.path.join(cfg.output_dir, "config.json"), cfg.as_dict())
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     run_cfg = cfg  # as asked; `cfg` may switch to PGD training if single-step training overfits catastrophically
@@ -150,21 +152,11 @@ def catastrophic_overfitting(model, dataset, cfg: RunConfig, method, device, epo
     model.train(was_training)
     single_gain, pgd_gain = single - clean, pgd - clean
     overfit = pgd_gain > t.co_factor * max(single_gain, 1e-6)
-    path = os.path.join(cfg.output_dir, "robustness.csv")
-    rows = []
-    if os.path.exists(path) and epoch > 0:
-        with open(path) as f:
-            rows = [r for r in csv.reader(f)][1:]
-        rows = [r for r in rows if int(r[0]) < epoch + 1]
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["epoch", "clean_loss", "single_step_loss", "pgd10_loss", "pgd_gain_over_single_gain"])
-            w.writerows(rows + [[epoch + 1, f"{clean:.5f}", f"{single:.5f}", f"{pgd:.5f}",
-                                 f"{pgd_gain / max(single_gain, 1e-6):.3f}"]])
     if is_main():
-        atomic_write(path, write)
+        append_epoch_row(os.path.join(cfg.output_dir, "robustness.csv"),
+                         ["epoch", "clean_loss", "single_step_loss", "pgd10_loss", "pgd_gain_over_single_gain"],
+                         [epoch + 1, f"{clean:.5f}", f"{single:.5f}", f"{pgd:.5f}",
+                          f"{pgd_gain / max(single_gain, 1e-6):.3f}"])
     if overfit:
         log.warning("catastrophic overfitting at epoch %d: PGD-10 gains %.4f on training images, %s only %.4f; "
                     "training goes on with PGD-%d", epoch + 1, pgd_gain, t.train_attack, single_gain, t.step_train)
@@ -190,15 +182,21 @@ def training_saliency(model, dataset, cfg: RunConfig, device) -> np.ndarray:
 
 
 def _append_history(path: str, epoch: int, loss: float, lr: float, seconds: float) -> None:
-    rows = []
+    append_epoch_row(path, ["epoch", "loss", "lr", "seconds"], [epoch, f"{loss:.6f}", f"{lr:.6e}", f"{seconds:.2f}"])
+
+
+def append_epoch_row(path: str, header: list, row: list) -> None:
+    """Rewrite a per-epoch CSV atomically with `row` (row[0] = its 1-based epoch) appended; rows of that epoch and
+    later (redone after a resume) are dropped first."""
+    epoch, rows = row[0], []
     if os.path.exists(path) and epoch > 1:
         with open(path) as f:
             rows = [r for r in csv.reader(f)][1:]
-        rows = [r for r in rows if int(r[0]) < epoch]  # after a resume, drop epochs that are redone
+        rows = [r for r in rows if int(r[0]) < epoch]
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["epoch", "loss", "lr", "seconds"])
-            w.writerows(rows + [[epoch, f"{loss:.6f}", f"{lr:.6e}", f"{seconds:.2f}"]])
+            w.writerow(header)
+            w.writerows(rows + [row])
     atomic_write(path, write)

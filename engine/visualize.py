@@ -40,7 +40,8 @@ def run_visualization(cfg: RunConfig) -> str:
     model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
     all_batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
-    clean_all = predict(model, all_batches, device, cfg.bf16, show=False)
+    casa = hasattr(model, "features_and_attention")  # also the class-token features, for the t-SNE picture
+    clean_all = predict(model, all_batches, device, cfg.bf16, show=False, features=casa)
     lo, hi = heat_scale(clean_all["maps"])
     indices = pick_indices([s.label for s in dataset.samples], cfg.eval.num_visualization)
     e = cfg.eval
@@ -68,9 +69,8 @@ def run_visualization(cfg: RunConfig) -> str:
                         "attacked_score": float(adv["scores"][k]) if attacked else None})
     described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
     write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described)
-    if hasattr(model, "features_and_attention"):  # CaSA: where the head's inputs put normal and anomalous images
-        feats = predict(model, all_batches, device, cfg.bf16, show=False, features=True)
-        save_tsne(os.path.join(out_dir, "tsne.png"), feats["features"], feats["labels"], cfg.seed)
+    if casa:  # where the head's inputs put normal and anomalous images
+        save_tsne(os.path.join(out_dir, "tsne.png"), clean_all["features"], clean_all["labels"], cfg.seed)
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 

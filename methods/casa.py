@@ -7,6 +7,7 @@ import torch
 from attacks import training_attack
 from losses.casa_loss import casa_attack_loss, casa_loss
 from models.casa import CaSA, CaSAConfig
+from models.patchguard import readout_given
 from models.tta import EntropyMomentTTA
 from utils.precision import autocast
 
@@ -57,9 +58,7 @@ def fit_entropy_statistics(model: CaSA, batches, device) -> None:
 def model_config(a) -> CaSAConfig:
     layers = tuple(a.casa_map_layers or ())
     return CaSAConfig(backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size, map_layers=layers,
-                      head_hidden=a.casa_head_hidden, score=a.casa_score,
-                      **{k: getattr(a, k) for k in ("top_k", "smoothing_sigma", "smoothing_radius")
-                         if getattr(a, k) is not None})
+                      head_hidden=a.casa_head_hidden, score=a.casa_score, **readout_given(a))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import torch
 
 from attacks import patch_margin_loss, training_attack
 from losses.patchguard_loss import patchguard_loss
-from models.patchguard import ModelConfig, PatchGuard
+from models.patchguard import ModelConfig, PatchGuard, readout_given
 from utils.precision import autocast
 
 
@@ -47,9 +47,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg, device) -> float:
 def model_config(a) -> ModelConfig:
     return ModelConfig(backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
                        feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers),
-                       hidden_dim=a.hidden_dim, dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads,
-                       **{k: getattr(a, k) for k in ("top_k", "smoothing_sigma", "smoothing_radius")
-                          if getattr(a, k) is not None})
+                       hidden_dim=a.hidden_dim, dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads, **readout_given(a))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbone import FeatureExtractor
+from models.patchguard import config_from_dict
 from utils.errors import UserError
 
 
@@ -31,8 +32,7 @@ class CaSAConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaSAConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)
 
 
 def attention_entropy(maps) -> torch.Tensor:

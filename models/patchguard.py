@@ -28,9 +28,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**d)
+        return config_from_dict(cls, d)
+
+
+READOUT_KEYS = ("top_k", "smoothing_sigma", "smoothing_radius")  # change no weights: may override a checkpoint's
+
+
+def config_from_dict(cls, d: dict):
+    """A frozen model-config dataclass from a checkpoint's plain dict (lists back to tuples, unknown keys dropped)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+
+def readout_given(args) -> dict:
+    """The read-out options given on the command line or in a config file (None = not given)."""
+    return {k: getattr(args, k) for k in READOUT_KEYS if getattr(args, k) is not None}
 
 
 def check_readout(cfg: ModelConfig, num_patches: int) -> None:

@@ -182,7 +182,8 @@ def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
 
 
 def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
-    from config import READOUT_KEYS, parse_config
+    from config import parse_config
+    from models.patchguard import READOUT_KEYS
     out = tmp_path / "run"
     assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1", "--epsilon_train", "4",
                                              "--epsilon_test", "2", "8")) == 0
