@@ -81,10 +81,14 @@ class Attack:
                 p.requires_grad_(False)
             x0 = images.detach()
             x, zero_grad = self._attack(x0, patch_labels.detach())
-            self.last_report = AttackReport(
-                eps=self.bound, max_delta=float((x - x0).abs().max()) if x.numel() else 0.0,
-                min_value=float(x.min()), max_value=float(x.max()), nan_count=int(torch.isnan(x).sum()),
-                zero_grad_images=int(zero_grad.sum()), images=len(x))
+            if x.numel():  # one transfer to the host for all five checks
+                checks = torch.stack([(x - x0).abs().max(), x.min(), x.max(), torch.isnan(x).sum().to(x.dtype),
+                                      zero_grad.sum().to(x.dtype)]).tolist()
+            else:
+                checks = [0.0, 1.0, 0.0, 0, 0]
+            max_delta, lo, hi, nans, zero = checks
+            self.last_report = AttackReport(eps=self.bound, max_delta=max_delta, min_value=lo, max_value=hi,
+                                            nan_count=int(nans), zero_grad_images=int(zero), images=len(x))
             return x
         finally:
             for p in trainable:
