@@ -101,6 +101,22 @@ class CaSAOptions:
     tta_mode: str = "episodic"        # episodic (reset per batch) or online
 
 
+def default_workers(device: str, class_processes: int = 0) -> int:
+    """Workers when --num_workers is not given (bench/data.py measures the data side).
+
+    CPU: 2; the model's own compute needs the cores, and a sample's pseudo-anomaly costs under 1% of its PGD-10
+    training there. GPU: one 224 px sample takes ~11 ms on a core, and an H200 trains on one in 4 ms (FGSM-RS,
+    bf16) to 26 ms (PGD-10, fp32), so: every core this process may use but one (the one feeding the GPU), divided
+    among this node's GPU processes (torchrun ranks or --devices classes), at most 8 (more only add start-up
+    time: workers start again every epoch)."""
+    import torch
+    if device != "cuda" or not torch.cuda.is_available():
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = class_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cores // max(1, processes) - 1))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     mode: str
@@ -111,6 +127,7 @@ class RunConfig:
     bf16: bool
     seed: int
     tqdm: bool
+    compile: bool = False
     use_data_prep: bool = False
     use_weight_prep: bool = False
     run_dirs: Tuple[str, ...] = ()
@@ -169,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bf16", action="store_true",
                    help="bf16 autocast of the model's matrix products (CUDA, or CPUs with AMX / AVX-512 bf16); "
                         "attack steps and projections stay fp32")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's forward/backward inside attacks (training and test); the first "
+                        "batch of each shape pays the compile (about a minute); PatchGuard only")
     g.add_argument("--output_dir", help="run directory (default runs/<dataset>/<class_name>)")
     g.add_argument("--checkpoint_dir", help="where checkpoints go (default <output_dir>/checkpoints)")
     g.add_argument("--checkpoint", help="checkpoint to test/visualize (default <checkpoint_dir>/patchguard_<dataset>_<class>.pth)")
@@ -215,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutpaste_jitter", type=float, default=0.1, help="ColorJitter strength")
     g.add_argument("--train_batch_size", type=int, default=16)
     g.add_argument("--test_batch_size", type=int, default=4)
-    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--num_workers", type=int,
+                   help="DataLoader workers making pseudo-anomalies (default: 2 on the CPU; on a GPU every core but "
+                        "one, shared among this node's GPU processes, at most 8)")
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", "--hf_path", dest="backbone", default="vit_small_patch14_dinov2",
@@ -432,7 +454,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
             _positive(name, getattr(a, name))
     if a.smoothing_sigma is not None and a.smoothing_sigma < 0:
         raise UserError(f"--smoothing_sigma must be >= 0, got {a.smoothing_sigma}")
-    if a.num_workers < 0:
+    if a.num_workers is not None and a.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {a.num_workers}")
     if a.use_reg and len(a.reg_weights) != len(a.reg_layers):
         raise UserError(f"--reg_weights has {len(a.reg_weights)} values but --reg_layers has {len(a.reg_layers)}")
@@ -453,7 +475,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         raise UserError(f"--cutpaste_aspect must be 0 < lo <= hi, got {a.cutpaste_aspect}")
     return RunConfig(
         mode=a.mode, method=a.method, output_dir=output_dir, checkpoint_dir=a.checkpoint_dir,
-        checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, seed=a.seed, tqdm=a.tqdm,
+        checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, compile=a.compile, seed=a.seed, tqdm=a.tqdm,
         use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep, run_dirs=tuple(a.run_dirs), devices=tuple(a.devices), model=model,
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
                         foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
@@ -466,7 +488,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                         cutpaste_area=tuple(a.cutpaste_area), cutpaste_aspect=tuple(a.cutpaste_aspect),
                         cutpaste_rotation=a.cutpaste_rotation, cutpaste_jitter=a.cutpaste_jitter,
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,
-                        num_workers=a.num_workers),
+                        num_workers=a.num_workers if a.num_workers is not None else
+                        default_workers(a.device, len(a.devices))),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, lr_decay_factor=a.lr_decay_factor, weight_decay=a.weight_decay,
                           adv_train=adv_train and (a.step_train > 0 or a.train_attack != "pgd") and a.epsilon_train > 0,
                           train_attack=a.train_attack, co_guard=a.co_guard, co_factor=a.co_factor,

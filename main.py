@@ -7,12 +7,14 @@ from utils.errors import UserError
 def run_class(cfg) -> dict:
     """One class: the modes asked for, in order. Returns the test metrics when tested."""
     import torch
+    from attacks.base import can_compile
     from engine.common import log, setup_logging
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
     from engine.predict import run_predict
     from engine.train import run_train
     from engine.visualize import run_visualization
+    from methods import get_method
     from utils.distributed import is_main
     from utils.precision import bf16_applies
     from utils.io import ensure_writable_dir
@@ -23,6 +25,11 @@ def run_class(cfg) -> dict:
     if cfg.bf16 and not bf16_applies(device, True):
         log.info("--bf16: this CPU has no native bf16 (AMX / AVX-512 bf16): running in fp32")
     log.info("precision: %s on %s", "bf16 autocast" if bf16_applies(device, cfg.bf16) else "fp32", device)
+    if cfg.compile:
+        log.info("--compile: %s", "attacks evaluate the model through torch.compile"
+                 if can_compile(get_method(cfg.method).build) else
+                 f"{cfg.method}'s forward records attention through hooks, which torch.compile cannot trace: "
+                 "attacks run eagerly")
     results = {}
     if cfg.mode == "foreground":
         run_foreground_report(cfg)

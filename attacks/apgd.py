@@ -28,8 +28,8 @@ def checkpoints(steps: int):
 class APGD(Attack):
     def __init__(self, model: nn.Module, eps: float, steps: int, restarts: int = 1, rho: float = 0.75,
                  random_start: bool = False, model_mode: Optional[str] = "eval",
-                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed)
+                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None, compile: bool = False):
+        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed, compile)
         self.rho = rho
 
     def __repr__(self) -> str:

@@ -37,6 +37,24 @@ class AttackReport:
                 "zero_gradient_share": self.zero_grad_images / max(self.images, 1), "ok": self.ok}
 
 
+def can_compile(model) -> bool:
+    """False for models (or model classes) whose forward registers hooks (CaSA records attention that way):
+    torch.compile breaks the graph there and gains nothing."""
+    return getattr(model, "compilable", True)
+
+
+def compiled(model: nn.Module):
+    """`model` under torch.compile, made once per model and kept in its __dict__ (not a submodule: state dicts
+    are unchanged). Compiles on the first call, again when the batch shape, train/eval mode or autocast changes
+    (a second batch size makes the batch dimension dynamic)."""
+    if not can_compile(model):
+        return model
+    fn = model.__dict__.get("_compiled")
+    if fn is None:
+        fn = model.__dict__["_compiled"] = torch.compile(model)
+    return fn
+
+
 class Attack:
     """L-inf attack on patch logits, torchattacks style: hyper-parameters in __init__, the attack in __call__.
 
@@ -47,10 +65,12 @@ class Attack:
     """
 
     def __init__(self, model: nn.Module, eps: float, steps: int, random_start: bool = False, restarts: int = 1,
-                 model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
+                 model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None,
+                 compile: bool = False):
         if eps < 0 or steps < 0 or restarts < 1:
             raise ValueError(f"invalid attack settings: eps={eps}, steps={steps}, restarts={restarts}")
         self.model, self.eps, self.steps = model, float(eps), int(steps)
+        self.forward = compiled(model) if compile else model  # what the attack evaluates; modes set on `model`
         self.random_start, self.restarts = random_start, int(restarts)
         self.model_mode, self.loss_fn, self.seed = model_mode, loss_fn, seed
         self.last_report: Optional[AttackReport] = None
@@ -65,7 +85,7 @@ class Attack:
             if self.restarts == 1:
                 return x, zero_grad
             with torch.no_grad():
-                loss = self.loss_fn(self.model(x), labels)
+                loss = self.loss_fn(self.forward(x), labels)
             better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss > best_loss
             best = torch.where(better.view((-1,) + (1,) * (x.dim() - 1)), x, best)
             best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
@@ -106,7 +126,7 @@ class Attack:
     def _gradient(self, x: torch.Tensor, labels: torch.Tensor):
         """Per-image loss and its gradient w.r.t. the input only."""
         x = x.detach().requires_grad_(True)
-        loss = self.loss_fn(self.model(x), labels)
+        loss = self.loss_fn(self.forward(x), labels)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad
 

@@ -13,8 +13,8 @@ class FGSMRS(Attack):
     1.25 eps, projected back into the eps-ball and [0, 1]."""
 
     def __init__(self, model: nn.Module, eps: float, alpha: Optional[float] = None, model_mode: Optional[str] = "eval",
-                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, 1, True, 1, model_mode, loss_fn, seed)
+                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None, compile: bool = False):
+        super().__init__(model, eps, 1, True, 1, model_mode, loss_fn, seed, compile)
         self.alpha = 1.25 * eps if alpha is None else float(alpha)
 
     def __repr__(self) -> str:
@@ -31,8 +31,9 @@ class NFGSM(Attack):
     back to the eps-ball: the perturbation stays within its own bound, 3 eps, and the images in [0, 1]."""
 
     def __init__(self, model: nn.Module, eps: float, noise: float = 2.0, step: float = 1.0,
-                 model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, 1, False, 1, model_mode, loss_fn, seed)
+                 model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None,
+                 compile: bool = False):
+        super().__init__(model, eps, 1, False, 1, model_mode, loss_fn, seed, compile)
         self.noise, self.alpha = noise * eps, step * eps
 
     @property
@@ -55,11 +56,12 @@ class NFGSM(Attack):
 TRAIN_ATTACKS = ("pgd", "fgsm_rs", "nfgsm")
 
 
-def training_attack(model: nn.Module, train, loss_fn: LossFn = patch_margin_loss) -> Attack:
+def training_attack(model: nn.Module, train, loss_fn: LossFn = patch_margin_loss, compile: bool = False) -> Attack:
     """The attack adversarial training uses (`train`: the run's training options)."""
     from attacks.pgd import PGD
+    common = dict(model_mode=train.attack_mode, loss_fn=loss_fn, compile=compile)
     if train.train_attack == "fgsm_rs":
-        return FGSMRS(model, train.epsilon_train, model_mode=train.attack_mode, loss_fn=loss_fn)
+        return FGSMRS(model, train.epsilon_train, **common)
     if train.train_attack == "nfgsm":
-        return NFGSM(model, train.epsilon_train, model_mode=train.attack_mode, loss_fn=loss_fn)
-    return PGD(model, train.epsilon_train, train.step_train, model_mode=train.attack_mode, loss_fn=loss_fn)
+        return NFGSM(model, train.epsilon_train, **common)
+    return PGD(model, train.epsilon_train, train.step_train, **common)

@@ -20,12 +20,13 @@ class PGD(Attack):
         restarts: runs per image; restarts after the first start at random points; the best final loss wins.
         model_mode: "eval", "train" (official training attacks keep dropout on) or None (leave as is).
         loss_fn: per-image objective to ascend; default is the official label-aware patch loss.
+        compile: evaluate the model through torch.compile (`attacks.base.compiled`).
     """
 
     def __init__(self, model: nn.Module, eps: float, steps: int, alpha: Optional[float] = None,
                  random_start: bool = False, restarts: int = 1, model_mode: Optional[str] = "eval",
-                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None):
-        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed)
+                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None, compile: bool = False):
+        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed, compile)
         self.alpha = float(alpha) if alpha is not None else (2.5 * eps / steps if steps else 0.0)
 
     def __repr__(self) -> str:

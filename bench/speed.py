@@ -1,7 +1,9 @@
 """Seconds per training step (data loading and pseudo-anomalies included) and per PGD evaluation batch.
 
     python bench/speed.py --backbone vit_small_patch14_dinov2 --image_size 112 --batch_size 8 --step_train 10
-    python bench/speed.py --device cuda --image_size 224 --batch_size 16 [--bf16]
+    python bench/speed.py --device cuda --image_size 224 --batch_size 16 [--bf16] [--compile]
+
+The first (warm-up) step is reported apart: with --compile it holds the compile.
 """
 import argparse
 import os
@@ -22,6 +24,12 @@ from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
 from config import parse_config  # noqa: E402
 
 
+def report(what: str, times, warmup: int) -> None:
+    first, timed = times[:warmup], sorted(times[warmup:])
+    warm = f"; warm-up {', '.join(f'{t:.1f}' for t in first)} s" if first else ""
+    print(f"{what}: median {timed[len(timed) // 2]:.3f} s/batch (min {timed[0]:.3f}, max {timed[-1]:.3f}{warm})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="vit_small_patch14_dinov2")
@@ -34,6 +42,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the attacks' forward/backward")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--dataset", default="mpdd")
     p.add_argument("--class_name", default="metal_plate")
@@ -44,7 +53,7 @@ def main() -> None:
                         "--train_batch_size", str(a.batch_size), "--step_train", str(a.step_train),
                         "--train_attack", a.train_attack,
                         "--num_workers", str(a.num_workers), "--output_dir", "/tmp/patchguard-bench"]
-                       + (["--bf16"] if a.bf16 else []))
+                       + (["--bf16"] if a.bf16 else []) + (["--compile"] if a.compile else []))
     device = torch.device(a.device)
     torch.manual_seed(0)
     model = PatchGuard(ModelConfig(backbone=a.backbone, image_size=a.image_size)).to(device)
@@ -54,7 +63,7 @@ def main() -> None:
     attack = f"PGD-{a.step_train}" if a.train_attack == "pgd" else a.train_attack
     precision = "bf16" if bf16_applies(device, a.bf16) else "fp32" + (" (no native bf16 here)" if a.bf16 else "")
     print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, "
-          f"{precision}, {device}, {torch.get_num_threads()} threads")
+          f"{precision}{', compiled attacks' if a.compile else ''}, {device}, {torch.get_num_threads()} threads")
 
     def batches():
         epoch = 0
@@ -72,13 +81,11 @@ def main() -> None:
             batch = next(it)
         train_step(model, batch, optimizer, cfg, device)
         sync()
-        if i >= a.warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    print(f"training step: median {times[len(times) // 2]:.3f} s/batch (min {times[0]:.3f}, max {times[-1]:.3f})")
+        times.append(time.perf_counter() - t0)
+    report("training step", times, a.warmup)
 
     model.eval()
-    attack = PGD(model, 8 / 255, a.step_test, model_mode="eval")
+    attack = PGD(model, 8 / 255, a.step_test, model_mode="eval", compile=a.compile)
     x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=device)
     labels = torch.zeros(a.batch_size, model.num_patches, device=device)
     times = []
@@ -90,11 +97,8 @@ def main() -> None:
             with torch.no_grad():
                 model(adv)
         sync()
-        if i >= a.warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    print(f"PGD-{a.step_test} evaluation: median {times[len(times) // 2]:.3f} s/batch "
-          f"(min {times[0]:.3f}, max {times[-1]:.3f})")
+        times.append(time.perf_counter() - t0)
+    report(f"PGD-{a.step_test} evaluation", times, a.warmup)
 
 
 if __name__ == "__main__":

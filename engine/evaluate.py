@@ -47,8 +47,9 @@ def make_attack(name: str, model, eps: float, steps: int, cfg: RunConfig) -> Att
     loss_fn = get_method(model_method(model)).attack_loss
     if name == "apgd":
         return APGD(model, eps, steps, restarts=e.restarts, random_start=e.random_start, seed=cfg.seed,
-                    loss_fn=loss_fn)
-    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed, loss_fn=loss_fn)
+                    loss_fn=loss_fn, compile=cfg.compile)
+    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed, loss_fn=loss_fn,
+               compile=cfg.compile)
 
 
 def model_method(model) -> str:
@@ -68,7 +69,7 @@ def predict(model, batches, device, bf16: bool, attack: Optional[Attack] = None,
     model.eval()
     scores, maps, labels, masks, images, extra, report = [], [], [], [], [], [], None
     for batch in tqdm(batches, desc=desc, leave=False, disable=not show, dynamic_ncols=True):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)
         if attack is not None:
             chosen = torch.isin(batch["label"], torch.tensor(TARGET_LABELS[target])).to(device)
             if chosen.any():

@@ -23,7 +23,7 @@ def train_step(model: CaSA, batch: dict, optimizer, cfg, device) -> float:
     patch_labels = torch.cat([torch.zeros_like(pseudo_labels), pseudo_labels])
     image_labels = torch.cat([torch.zeros(len(normal), device=device), torch.ones(len(pseudo), device=device)])
     if t.adv_train:
-        attack = training_attack(model, t, casa_attack_loss)
+        attack = training_attack(model, t, casa_attack_loss, compile=cfg.compile)
         with autocast(device, cfg.bf16):
             adv = attack(images, patch_labels)
         images, patch_labels, image_labels = (torch.cat([images, adv]), patch_labels.repeat(2, 1),

@@ -24,7 +24,7 @@ def train_step(model: PatchGuard, batch: dict, optimizer, cfg, device) -> float:
     b = len(normal)
     groups = [(normal, normal_labels), (pseudo, pseudo_labels)]
     if t.adv_train:
-        attack = training_attack(model, t)
+        attack = training_attack(model, t, compile=cfg.compile)
         with autocast(device, cfg.bf16):
             adv = attack(torch.cat([normal, pseudo]), torch.cat([normal_labels, pseudo_labels]))
         groups = [groups[0], (adv[:b], normal_labels), groups[1], (adv[b:], pseudo_labels)]

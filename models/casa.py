@@ -42,6 +42,7 @@ def attention_entropy(maps) -> torch.Tensor:
 
 class CaSA(nn.Module):
     method_name = "casa"
+    compilable = False  # its forward records attention through hooks: torch.compile would break the graph there
 
     def __init__(self, cfg: CaSAConfig, backbone_weights: Optional[str] = None):
         super().__init__()

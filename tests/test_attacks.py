@@ -138,3 +138,30 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model):
             bf16 = tiny_model(x).float()
     # bf16 keeps 8 mantissa bits: logits of order 1 agree to about 2^-8 relative per product, 0.05 after the network
     assert (bf16 - fp32).abs().max() < 0.05 * max(1.0, float(fp32.abs().max()))
+
+
+def test_compiled_attack_matches_eager_and_leaves_the_model_as_it_was():
+    from torch._dynamo.utils import counters
+
+    from attacks.base import compiled
+    from models.casa import CaSA, CaSAConfig
+    from models.patchguard import ModelConfig, PatchGuard
+    torch.manual_seed(0)
+    # two blocks only (forward_intermediates stops at the feature layer): a small graph, a short compile
+    model = PatchGuard(ModelConfig(backbone="test_vit", image_size=32, patch_size=8, feature_layers=(2,),
+                                   reg_layers=(2,), hidden_dim=32)).eval()
+    keys = list(model.state_dict())
+    x, labels = torch.rand(4, 3, 32, 32), torch.zeros(4, 16)
+    labels[1, :5] = 1
+    eager = PGD(model, eps=8 / 255, steps=3)(x, labels)
+    counters.clear()
+    attack = PGD(model, eps=8 / 255, steps=3, compile=True)
+    adv = attack(x, labels)
+    assert counters["stats"]["unique_graphs"] >= 1  # the compiled forward really ran
+    assert attack.forward is compiled(model) and attack.forward is not model  # made once, kept
+    # sign steps: a pixel differs only where a gradient entry is ~0 and its sign flips with rounding
+    assert (adv != eager).float().mean() < 1e-3 and (adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert list(model.state_dict()) == keys and all(p.requires_grad for p in model.parameters())
+    assert not model.training
+    casa = CaSA(CaSAConfig(backbone="test_vit", image_size=32, patch_size=8))
+    assert compiled(casa) is casa  # hooks inside its forward: left eager

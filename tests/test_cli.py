@@ -200,3 +200,22 @@ def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
             else:
                 assert repeated[group][key] == value, key
     assert again.train.epsilon_train == pytest.approx(4 / 255)
+
+
+def test_default_workers_share_the_cores_among_gpu_processes(monkeypatch):
+    from config import parse_config
+    args = ["--dataset", "mvtec", "--class_name", "bottle", "--dataset_dir", "data"]
+    assert parse_config(args + ["--device", "cpu"]).data.num_workers == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert parse_config(args).data.num_workers == 7  # one core feeds the GPU
+    assert parse_config(args + ["--num_workers", "3"]).data.num_workers == 3
+    assert parse_config(args + ["--device", "cpu"]).data.num_workers == 2
+    assert parse_config(["--dataset", "mvtec", "--class_name", "all", "--dataset_dir", "data", "--devices", "0", "1"]
+                        ).data.num_workers == 3  # 2 class processes at once: 4 cores each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 ranks on this node
+    assert parse_config(args).data.num_workers == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert parse_config(args).data.num_workers == 8
