@@ -45,11 +45,9 @@ def make_attack(name: str, model, eps: float, steps: int, cfg: RunConfig) -> Att
     """The test attack on the model's own objective (its method's attack loss)."""
     e = cfg.eval
     loss_fn = get_method(model_method(model)).attack_loss
-    if name == "apgd":
-        return APGD(model, eps, steps, restarts=e.restarts, random_start=e.random_start, seed=cfg.seed,
-                    loss_fn=loss_fn, compile=cfg.compile)
-    return PGD(model, eps, steps, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed, loss_fn=loss_fn,
-               compile=cfg.compile)
+    common = dict(random_start=e.random_start, restarts=e.restarts, seed=cfg.seed, loss_fn=loss_fn,
+                  compile=cfg.compile)
+    return (APGD if name == "apgd" else PGD)(model, eps, steps, **common)
 
 
 def model_method(model) -> str:
