@@ -7,7 +7,6 @@ from utils.errors import UserError
 def run_class(cfg) -> dict:
     """One class: the modes asked for, in order. Returns the test metrics when tested."""
     import torch
-    from attacks.base import can_compile
     from engine.common import log, setup_logging
     from engine.evaluate import run_test
     from engine.foreground_report import run_foreground_report
@@ -26,10 +25,9 @@ def run_class(cfg) -> dict:
         log.info("--bf16: this CPU has no native bf16 (AMX / AVX-512 bf16): running in fp32")
     log.info("precision: %s on %s", "bf16 autocast" if bf16_applies(device, cfg.bf16) else "fp32", device)
     if cfg.compile:
-        log.info("--compile: %s", "attacks evaluate the model through torch.compile"
-                 if can_compile(get_method(cfg.method).build) else
-                 f"{cfg.method}'s forward records attention through hooks, which torch.compile cannot trace: "
-                 "attacks run eagerly")
+        method = get_method(cfg.method)
+        log.info("--compile: %s", "attacks evaluate the model through torch.compile" if method.compilable else
+                 f"{method.eager_reason}: attacks run eagerly")
     results = {}
     if cfg.mode == "foreground":
         run_foreground_report(cfg)

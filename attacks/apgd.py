@@ -28,14 +28,15 @@ def checkpoints(steps: int):
 class APGD(Attack):
     def __init__(self, model: nn.Module, eps: float, steps: int, restarts: int = 1, rho: float = 0.75,
                  random_start: bool = False, model_mode: Optional[str] = "eval",
-                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None, compile: bool = False):
-        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed, compile)
+                 loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None, compile: bool = False,
+                 forward=None):
+        super().__init__(model, eps, steps, random_start, restarts, model_mode, loss_fn, seed, compile, forward)
         self.rho = rho
 
     def __repr__(self) -> str:
         return (f"APGD(eps={self.eps * 255:.4g}/255, steps={self.steps}, restarts={self.restarts}, rho={self.rho}, "
                 f"random_start={self.random_start}, mode={self.model_mode}, "
-                f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)})")
+                f"{self._describe()})")
 
     def _run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
         b = len(x0)

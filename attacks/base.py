@@ -37,18 +37,11 @@ class AttackReport:
                 "zero_gradient_share": self.zero_grad_images / max(self.images, 1), "ok": self.ok}
 
 
-def can_compile(model) -> bool:
-    """False for models (or model classes) whose forward registers hooks (CaSA records attention that way):
-    torch.compile breaks the graph there and gains nothing."""
-    return getattr(model, "compilable", True)
-
-
 def compiled(model: nn.Module):
     """`model` under torch.compile, made once per model and kept in its __dict__ (not a submodule: state dicts
     are unchanged). Compiles on the first call, again when the batch shape, train/eval mode or autocast changes
-    (a second batch size makes the batch dimension dynamic)."""
-    if not can_compile(model):
-        return model
+    (a second batch size makes the batch dimension dynamic). Whether a model can be compiled is its method's
+    call (`Method.compilable`)."""
     fn = model.__dict__.get("_compiled")
     if fn is None:
         fn = model.__dict__["_compiled"] = torch.compile(model)
@@ -62,15 +55,18 @@ class Attack:
     (autograd then keeps nothing for weight gradients), restores both, and stores the post-attack checks in
     `last_report`. Restarts after the first start at uniform random points in the eps-ball and each image keeps
     its best final point. Subclasses implement one run: `_run(x0, start, labels) -> (x_adv, zero_grad mask)`.
+
+    `forward` (default: the model) is what the attack differentiates, e.g. the model after test-time adaptation
+    on the attacked images (an adaptive attacker); the mode and frozen parameters are still set on `model`.
     """
 
     def __init__(self, model: nn.Module, eps: float, steps: int, random_start: bool = False, restarts: int = 1,
                  model_mode: Optional[str] = "eval", loss_fn: LossFn = patch_margin_loss, seed: Optional[int] = None,
-                 compile: bool = False):
+                 compile: bool = False, forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if eps < 0 or steps < 0 or restarts < 1:
             raise ValueError(f"invalid attack settings: eps={eps}, steps={steps}, restarts={restarts}")
         self.model, self.eps, self.steps = model, float(eps), int(steps)
-        self.forward = compiled(model) if compile else model  # what the attack evaluates; modes set on `model`
+        self.forward = forward or (compiled(model) if compile else model)  # what the attack evaluates
         self.random_start, self.restarts = random_start, int(restarts)
         self.model_mode, self.loss_fn, self.seed = model_mode, loss_fn, seed
         self.last_report: Optional[AttackReport] = None
@@ -114,6 +110,12 @@ class Attack:
             for p in trainable:
                 p.requires_grad_(True)
             self.model.train(was_training)
+
+    def _describe(self) -> str:
+        """The objective and, for an adaptive attacker, what it attacks through (for __repr__)."""
+        through = "" if self.forward is self.model or self.forward is self.model.__dict__.get("_compiled") \
+            else ", through test-time adaptation"
+        return f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)}{through}"
 
     @property
     def bound(self) -> float:

@@ -19,7 +19,7 @@ class FGSMRS(Attack):
 
     def __repr__(self) -> str:
         return (f"FGSM_RS(eps={self.eps * 255:.4g}/255, alpha={self.alpha * 255:.4g}/255, mode={self.model_mode}, "
-                f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)})")
+                f"{self._describe()})")
 
     def _run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
         _, grad = self._gradient(start, labels)
@@ -43,7 +43,7 @@ class NFGSM(Attack):
     def __repr__(self) -> str:
         return (f"N-FGSM(eps={self.eps * 255:.4g}/255, noise={self.noise * 255:.4g}/255, "
                 f"step={self.alpha * 255:.4g}/255, mode={self.model_mode}, "
-                f"loss={getattr(self.loss_fn, '__name__', self.loss_fn)})")
+                f"{self._describe()})")
 
     def _run(self, x0: torch.Tensor, start: torch.Tensor, labels: torch.Tensor):
         gen = self._generator(x0.device)

@@ -20,7 +20,7 @@ from engine.common import loader  # noqa: E402
 from methods.patchguard import train_step  # noqa: E402
 from utils.distributed import ShardedShuffle  # noqa: E402
 from utils.precision import autocast, bf16_applies  # noqa: E402
-from models.patchguard import ModelConfig, PatchGuard  # noqa: E402
+from models.patchguard import PatchGuardConfig, PatchGuard  # noqa: E402
 from config import parse_config  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> None:
                        + (["--bf16"] if a.bf16 else []) + (["--compile"] if a.compile else []))
     device = torch.device(a.device)
     torch.manual_seed(0)
-    model = PatchGuard(ModelConfig(backbone=a.backbone, image_size=a.image_size)).to(device)
+    model = PatchGuard(PatchGuardConfig(backbone=a.backbone, image_size=a.image_size)).to(device)
     dataset = train_dataset(cfg, model.patch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -6,10 +6,9 @@ from dataclasses import replace
 from typing import List, Optional
 
 from datasets import registry
-from datasets.cutpaste import AttentionCutPaste, CutPasteRanges
 from datasets.dataset import AnomalyDataset
 from datasets.foreground import default_cache_dir, foreground_for
-from datasets.pseudo_anomaly import PseudoAnomalyGenerator
+from datasets.generators import get_generator
 from datasets.samples import FolderSpec, Sample, make_samples
 from utils.errors import UserError
 
@@ -54,27 +53,21 @@ def _report_skipped(dataset: AnomalyDataset) -> AnomalyDataset:
     return dataset
 
 
-def train_dataset(cfg, patch_size: int) -> AnomalyDataset:
+def train_dataset(cfg, image_size: int, patch_size: int) -> AnomalyDataset:
     d = cfg.data
     items = samples(cfg, "train")
     whole = whole_image_foreground(cfg)
     given = sum(s.foreground is not None for s in items)
     if not whole and d.foreground == "auto" and given < len(items):
         items = with_estimated_foreground(items, d.cache_dir, d.on_corrupt == "skip")
-    min_size = d.min_patch_size or registry.min_patch_size(d.dataset, d.class_name)
+    generator, kind = get_generator(d.pseudo_anomaly).build(d.generator, d.dataset, d.class_name)
     if d.dataset != "folder" and not registry.is_known_class(d.dataset, d.class_name):
         log.info("class '%s' is not one of %s's own: %s layout, default pseudo-anomaly lower bound %d px, "
-                 "foreground %s", d.class_name, d.dataset, d.dataset, min_size,
+                 "foreground %s", d.class_name, d.dataset, d.dataset, registry.min_patch_size(d.dataset, d.class_name),
                  "whole image" if whole else "from masks where given, else estimated")
-    if d.pseudo_anomaly == "attention":
-        generator = AttentionCutPaste(CutPasteRanges(d.cutpaste_area, d.cutpaste_aspect, d.cutpaste_rotation,
-                                                     d.cutpaste_jitter))
-        kind = f"attention-guided cut-and-paste ({generator.ranges})"
-    else:
-        generator, kind = PseudoAnomalyGenerator(min_size), f"foreground-aware, min size {min_size} px"
     log.info("train: %d normal images; foreground: %s; pseudo-anomalies: %s", len(items),
              "whole image" if whole else f"{given} given, {len(items) - given} estimated", kind)
-    return _report_skipped(AnomalyDataset(items, cfg.model.image_size, patch_size, generator,
+    return _report_skipped(AnomalyDataset(items, image_size, patch_size, generator,
                                           whole_image_foreground=whole, seed=cfg.seed,
                                           skip_corrupt=d.on_corrupt == "skip"))
 

@@ -35,13 +35,17 @@ def upsample(saliency: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 class AttentionCutPaste:
-    def __init__(self, ranges: CutPasteRanges = CutPasteRanges()):
-        self.ranges = ranges
+    """`guided=False`: points drawn uniformly over the image whatever guide is given (the ablation without guidance)."""
+
+    def __init__(self, ranges: CutPasteRanges = CutPasteRanges(), guided: bool = True):
+        self.ranges, self.guided = ranges, guided
 
     def __call__(self, image: np.ndarray, saliency: Optional[np.ndarray], rng: np.random.Generator
                  ) -> Tuple[np.ndarray, np.ndarray]:
         """image (H, W, 3) uint8, saliency (gh, gw) >= 0 or None -> (image, mask (H, W) bool)."""
         h, w = image.shape[:2]
+        if not self.guided:
+            saliency = None
         weights = np.ones((h, w)) if saliency is None else np.clip(upsample(saliency, (h, w)), 0, None)
         r = self.ranges
         area = rng.uniform(*r.area) * h * w

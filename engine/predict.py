@@ -14,7 +14,8 @@ from datasets.assembly import samples
 from datasets.dataset import AnomalyDataset
 from datasets.samples import Sample, list_images
 from engine.common import loader, log
-from engine.evaluate import load_for_evaluation, predict
+from engine.loading import load_for_evaluation
+from engine.scoring import score_loader
 from utils.errors import UserError
 from utils.figures import pyplot, save_figure
 from utils.io import atomic_write, write_json
@@ -33,19 +34,19 @@ def run_predict(cfg: RunConfig) -> dict:
     images = list_images(e.predict_dir)
     if not images:
         raise UserError(f"no images in --predict_dir {e.predict_dir} (png, jpg, bmp or tif)")
-    model, device = load_for_evaluation(cfg)
+    method, model, device = load_for_evaluation(cfg)
     if e.threshold_dir:
         normal_paths, source = list_images(e.threshold_dir), e.threshold_dir
         if not normal_paths:
             raise UserError(f"no images in --threshold_dir {e.threshold_dir}")
     else:
         normal_paths, source = [s.image for s in samples(cfg, "train")], "normal training images"
-    normal = predict(model, loader(_dataset(normal_paths, model, cfg), cfg.data.test_batch_size,
+    normal = score_loader(method, model, loader(_dataset(normal_paths, model, cfg), cfg.data.test_batch_size,
                                    cfg.data.num_workers), device, cfg.bf16, show=False)
     threshold = float(np.quantile(normal["scores"], e.threshold_quantile))
     lo, hi = np.percentile(normal["maps"], 1), np.percentile(normal["maps"], 99.9)
     ds = _dataset(images, model, cfg)
-    pred = predict(model, loader(ds, cfg.data.test_batch_size, cfg.data.num_workers), device, cfg.bf16,
+    pred = score_loader(method, model, loader(ds, cfg.data.test_batch_size, cfg.data.num_workers), device, cfg.bf16,
                    show=cfg.tqdm, desc="scoring")
     out_dir = os.path.join(cfg.output_dir, "predictions")
     rows = []

@@ -6,7 +6,7 @@ import os
 from config import RunConfig
 from datasets.samples import available_classes
 from engine.common import log, setup_logging
-from engine.evaluate import setting_label
+from engine.reporting import setting_label
 from utils.errors import UserError
 from utils.io import atomic_write
 

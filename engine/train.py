@@ -1,23 +1,21 @@
-"""The training loop of every method (its step, model and statistics come from methods/): pseudo-anomalies made
-in workers, attention saliency refreshed for guided cut-and-paste, the single-step training guard, resumable and
-interrupt-safe checkpoints."""
+"""The training loop of every method (its step, model and statistics come from methods/, its pseudo-anomaly
+generator's per-epoch hook from datasets/generators.py): pseudo-anomalies made in workers, the single-step training
+guard, resumable and interrupt-safe checkpoints."""
 import csv
 import dataclasses
 import math
 import os
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from attacks import PGD, training_attack
 from config import RunConfig
 from datasets.assembly import train_dataset
-from datasets.dataset import to_tensor
+from datasets.generators import get_generator
 from engine.common import loader, log, resolve_device
-from methods import get_method
-from models.saliency import saliency
+from methods import get_method, stored_model_options
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
 from utils.distributed import GradientAveraging, ShardedShuffle, barrier, is_main, same_on_all_ranks, sum_over_ranks
 from utils.errors import UserError
@@ -46,11 +44,10 @@ def run_train(cfg: RunConfig) -> str:
     seed_everything(cfg.seed)
     run_cfg = cfg  # as asked; `cfg` may switch to PGD training if single-step training overfits catastrophically
     method = get_method(cfg.method)
-    model = method.build(cfg.model, cfg.train.backbone_weights).to(device)
-    dataset = train_dataset(cfg, model.patch_size)
+    model = method.build_model(cfg.method_options.model, cfg.train.backbone_weights).to(device)
+    dataset = train_dataset(cfg, model.cfg.image_size, model.patch_size)
+    generator = get_generator(cfg.data.pseudo_anomaly)
     t = cfg.train
-    guided = cfg.data.pseudo_anomaly == "attention"
-    warmup = 0 if t.backbone_weights else cfg.data.saliency_warmup
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     step_optimizer = GradientAveraging(optimizer)  # plain AdamW in one process; averages gradients under torchrun
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_decay_factor)
@@ -58,7 +55,7 @@ def run_train(cfg: RunConfig) -> str:
     start_epoch = 0
     if t.resume:
         ckpt = read_checkpoint(last_path)
-        if ckpt.get("config", {}).get("model") != cfg.as_dict()["model"]:
+        if stored_model_options(ckpt.get("config", {})) != cfg.as_dict()["method_options"]["model"]:
             raise UserError(f"{last_path} was trained with another model config; resume with the same options")
         load_state(model, ckpt["model"], last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -70,8 +67,8 @@ def run_train(cfg: RunConfig) -> str:
             dataset.set_saliency(ckpt["saliency"].numpy())
         start_epoch = ckpt["epoch"] + 1
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
-    log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name, cfg.model.backbone,
-             cfg.model.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
+    log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name,
+             cfg.method_options.model.backbone, model.cfg.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
     if t.adv_train:
         log.info("training attack: %r", training_attack(model, t, method.attack_loss))
     else:
@@ -83,8 +80,8 @@ def run_train(cfg: RunConfig) -> str:
                   total=t.epochs, dynamic_ncols=True)
     for epoch in epochs:
         dataset.set_epoch(epoch)
-        if guided and epoch >= warmup and (epoch - warmup) % max(1, cfg.data.saliency_every) == 0:
-            dataset.set_saliency(training_saliency(model, dataset, cfg, device))
+        generator.on_epoch(cfg.data.generator, epoch, dataset, model_attention(method, model, device),
+                           cfg.data.train_batch_size)
         batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers,
                          sampler=ShardedShuffle(len(dataset), cfg.seed * 100003 + epoch, epoch))
         model.train()
@@ -168,17 +165,18 @@ def switch_to_pgd(cfg: RunConfig) -> RunConfig:
                                                               step_train=max(cfg.train.step_train, 1)))
 
 
-def training_saliency(model, dataset, cfg: RunConfig, device) -> np.ndarray:
-    """The model's own CLS-to-patch attention over every training image, (n, gh, gw) in [0, 1]."""
-    was_training = model.training
-    model.eval()
-    maps = []
-    for i in range(0, len(dataset), cfg.data.train_batch_size):
-        images = torch.stack([to_tensor(im) for im in dataset.images[i:i + cfg.data.train_batch_size]]).to(device)
-        maps.append(saliency(model.feature_extractor, images, cfg.data.saliency_layers,
-                             cfg.data.saliency_heads).cpu())
-    model.train(was_training)
-    return torch.cat(maps).reshape(len(dataset), *model.grid_size).numpy()
+def model_attention(method, model, device):
+    """The model's attention saliency as the generators' hook wants it: CPU images in, CPU (B, N) maps out, the
+    model in eval mode while it looks."""
+    def attention(images, layer_reduce: str, head_reduce: str):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return method.saliency(model, images.to(device), layer_reduce, head_reduce).cpu()
+        finally:
+            model.train(was_training)
+    return attention
 
 
 def _append_history(path: str, epoch: int, loss: float, lr: float, seconds: float) -> None:

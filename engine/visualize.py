@@ -12,7 +12,8 @@ from torch.utils.data import Subset
 from config import RunConfig
 from datasets.assembly import test_dataset
 from engine.common import loader, log
-from engine.evaluate import load_for_evaluation, make_attack, predict
+from engine.loading import load_for_evaluation
+from engine.scoring import make_attack, score_loader
 from utils.figures import pyplot, save_figure
 from utils.io import atomic_write
 
@@ -37,23 +38,22 @@ def heat_scale(clean_maps: np.ndarray):
 
 
 def run_visualization(cfg: RunConfig) -> str:
-    model, device = load_for_evaluation(cfg)
+    method, model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
     all_batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
-    casa = hasattr(model, "features_and_attention")  # also the class-token features, for the t-SNE picture
-    clean_all = predict(model, all_batches, device, cfg.bf16, show=False, features=casa)
+    clean_all = score_loader(method, model, all_batches, device, cfg.bf16, show=False)
     lo, hi = heat_scale(clean_all["maps"])
     indices = pick_indices([s.label for s in dataset.samples], cfg.eval.num_visualization)
     e = cfg.eval
     attack = None
     if e.adv_test and e.step_visualization > 0 and e.epsilon_visualization > 0:
-        attack = make_attack(e.attack[0], model, e.epsilon_visualization, e.step_visualization, cfg)
+        attack = make_attack(e.attack[0], method, model, e.epsilon_visualization, e.step_visualization, cfg)
     else:
         log.info("pictures without an attacked column (--no_adv_test, --step_visualization 0 or "
                  "--epsilon_visualization 0)")
     batches = loader(Subset(dataset, indices), cfg.data.test_batch_size, cfg.data.num_workers)
-    adv = predict(model, batches, device, cfg.bf16, attack, show=cfg.tqdm, keep_images=True, desc="attacking",
-                  target=e.attack_target)
+    adv = score_loader(method, model, batches, device, cfg.bf16, attack, show=cfg.tqdm, keep_images=True,
+                       desc="attacking", target=e.attack_target)
     out_dir = os.path.join(cfg.output_dir, "visualization")
     entries = []
     for k, i in enumerate(indices):
@@ -69,8 +69,7 @@ def run_visualization(cfg: RunConfig) -> str:
                         "attacked_score": float(adv["scores"][k]) if attacked else None})
     described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
     write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described)
-    if casa:  # where the head's inputs put normal and anomalous images
-        save_tsne(os.path.join(out_dir, "tsne.png"), clean_all["features"], clean_all["labels"], cfg.seed)
+    method.extra_pictures(clean_all, out_dir, cfg.seed)
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
@@ -97,22 +96,6 @@ def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, 
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
-    save_figure(fig, path)
-
-
-def save_tsne(path: str, features: np.ndarray, labels: np.ndarray, seed: int) -> None:
-    """t-SNE of the class-token features before the projection head, normal vs anomalous test images."""
-    from sklearn.manifold import TSNE
-    points = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(features) - 1) / 3)), init="pca",
-                  random_state=seed).fit_transform(features)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
-        ax.scatter(*points[labels == label].T, s=12, c=colour, label=name, alpha=0.8)
-    ax.set_title("t-SNE of class-token features (test set)")
-    ax.legend()
-    ax.set_xticks([])
-    ax.set_yticks([])
     save_figure(fig, path)
 
 

@@ -1,3 +1,0 @@
-from models.patchguard import ModelConfig, PatchGuard
-
-__all__ = ["ModelConfig", "PatchGuard"]

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbone import FeatureExtractor
-from models.patchguard import config_from_dict
 from utils.errors import UserError
+from utils.readout import check_readout
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,6 @@ class CaSAConfig:
     smoothing_sigma: float = 4.0
     smoothing_radius: int = 7
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "CaSAConfig":
-        return config_from_dict(cls, d)
-
 
 def attention_entropy(maps) -> torch.Tensor:
     """Mean over query tokens of each attention row's entropy: list of (B, H, T, T) -> (B, L, H)."""
@@ -41,9 +37,6 @@ def attention_entropy(maps) -> torch.Tensor:
 
 
 class CaSA(nn.Module):
-    method_name = "casa"
-    compilable = False  # its forward records attention through hooks: torch.compile would break the graph there
-
     def __init__(self, cfg: CaSAConfig, backbone_weights: Optional[str] = None):
         super().__init__()
         self.feature_extractor = FeatureExtractor(cfg.backbone, cfg.image_size, [1], [1], cfg.patch_size,
@@ -67,8 +60,7 @@ class CaSA(nn.Module):
         self.register_buffer("entropy_mean", torch.zeros(2, depth, heads))
         self.register_buffer("entropy_var", torch.ones(2, depth, heads))
         self.register_buffer("has_statistics", torch.zeros((), dtype=torch.bool))
-        if cfg.top_k > self.num_patches:
-            raise UserError(f"--top_k {cfg.top_k} is more than the {self.num_patches} patches")
+        check_readout(cfg.top_k, self.num_patches, cfg.image_size)
 
     @property
     def map_weights(self) -> torch.Tensor:

@@ -1,5 +1,4 @@
 """PatchGuard: ViT patch features -> transformer discriminator -> one anomaly logit per patch."""
-import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -9,10 +8,11 @@ import torch.nn as nn
 from models.backbone import FeatureExtractor
 from models.discriminator import Discriminator
 from utils.errors import UserError
+from utils.readout import check_readout
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class PatchGuardConfig:
     backbone: str = "vit_small_patch14_dinov2"
     image_size: int = 224
     patch_size: Optional[int] = None  # None: the backbone's own
@@ -26,35 +26,11 @@ class ModelConfig:
     smoothing_sigma: float = 6.0
     smoothing_radius: int = 7
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        return config_from_dict(cls, d)
-
-
-READOUT_KEYS = ("top_k", "smoothing_sigma", "smoothing_radius")  # change no weights: may override a checkpoint's
-
-
-def config_from_dict(cls, d: dict):
-    """A frozen model-config dataclass from a checkpoint's plain dict (lists back to tuples, unknown keys dropped)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
-
-
-def readout_given(args) -> dict:
-    """The read-out options given on the command line or in a config file (None = not given)."""
-    return {k: getattr(args, k) for k in READOUT_KEYS if getattr(args, k) is not None}
-
-
-def check_readout(cfg: ModelConfig, num_patches: int) -> None:
-    if cfg.top_k > num_patches:
-        raise UserError(f"--top_k {cfg.top_k} is more than the {num_patches} patches of a {cfg.image_size}px image")
-
 
 class PatchGuard(nn.Module):
     """forward(images in [0, 1], (B, 3, H, W)) -> patch logits (B, N). Higher = more anomalous."""
-    method_name = "patchguard"
 
-    def __init__(self, cfg: ModelConfig, backbone_weights: Optional[str] = None):
+    def __init__(self, cfg: PatchGuardConfig, backbone_weights: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
         self.feature_extractor = FeatureExtractor(
@@ -65,7 +41,7 @@ class PatchGuard(nn.Module):
         if fe.embed_dim % cfg.dsc_heads:
             raise UserError(f"--dsc_heads {cfg.dsc_heads} does not divide {cfg.backbone}'s width {fe.embed_dim}; "
                             f"use a divisor such as 4 (official), 2 or 1")
-        check_readout(cfg, self.num_patches)
+        check_readout(cfg.top_k, self.num_patches, cfg.image_size)
         self.discriminator = Discriminator(
             fe.embed_dim, cfg.hidden_dim, fe.num_patches, cfg.dsc_layers, cfg.dsc_heads, cfg.dsc_dropout
         )

@@ -15,10 +15,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def tiny_model_config(**overrides):
-    from models.patchguard import ModelConfig
+    from models.patchguard import PatchGuardConfig
     cfg = dict(backbone="vit_tiny_patch16_224", image_size=32, patch_size=8, hidden_dim=64)
     cfg.update(overrides)
-    return ModelConfig(**cfg)
+    return PatchGuardConfig(**cfg)
 
 
 @pytest.fixture

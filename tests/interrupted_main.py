@@ -17,5 +17,5 @@ if __name__ == "__main__":
         if calls[0] == stop_at:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
-    PatchGuardMethod.train_step = staticmethod(step)
+    PatchGuardMethod.train_step = step
     sys.exit(main.main(sys.argv[2:]))

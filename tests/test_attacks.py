@@ -145,10 +145,10 @@ def test_compiled_attack_matches_eager_and_leaves_the_model_as_it_was():
 
     from attacks.base import compiled
     from models.casa import CaSA, CaSAConfig
-    from models.patchguard import ModelConfig, PatchGuard
+    from models.patchguard import PatchGuardConfig, PatchGuard
     torch.manual_seed(0)
     # two blocks only (forward_intermediates stops at the feature layer): a small graph, a short compile
-    model = PatchGuard(ModelConfig(backbone="test_vit", image_size=32, patch_size=8, feature_layers=(2,),
+    model = PatchGuard(PatchGuardConfig(backbone="test_vit", image_size=32, patch_size=8, feature_layers=(2,),
                                    reg_layers=(2,), hidden_dim=32)).eval()
     keys = list(model.state_dict())
     x, labels = torch.rand(4, 3, 32, 32), torch.zeros(4, 16)
@@ -163,5 +163,9 @@ def test_compiled_attack_matches_eager_and_leaves_the_model_as_it_was():
     assert (adv != eager).float().mean() < 1e-3 and (adv - x).abs().max() <= 8 / 255 + 1e-6
     assert list(model.state_dict()) == keys and all(p.requires_grad for p in model.parameters())
     assert not model.training
+    from config import parse_config
+    from engine.scoring import make_attack
+    from methods import get_method
     casa = CaSA(CaSAConfig(backbone="test_vit", image_size=32, patch_size=8))
-    assert compiled(casa) is casa  # hooks inside its forward: left eager
+    cfg = parse_config(["--method", "casa", "--compile", "--dataset", "demo", "--class_name", "w", "--dataset_dir", "d"])
+    assert make_attack("pgd", get_method("casa"), casa, 8 / 255, 2, cfg).forward is casa  # its method says eager

@@ -2,15 +2,18 @@
 layout, and end-to-end runs through the same CLI as PatchGuard."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import main as cli
+from engine.reporting import setting_label
 from datasets.cutpaste import AttentionCutPaste, CutPasteRanges
 from datasets.pseudo_anomaly import patch_labels
 from models.casa import CaSA, CaSAConfig, attention_entropy
+from losses.casa_loss import casa_attack_loss
 from models.tta import EntropyMomentTTA, adapted_parameters, moment_objective
 from tests.conftest import MPDD, SHARED
 from tests.test_cli import TINY
@@ -116,42 +119,79 @@ def casa_with_statistics():
     return model
 
 
-def test_tta_changes_only_its_parameters_and_lowers_its_objective(casa_with_statistics):
+def test_tta_adapts_only_its_parameters_never_the_model_and_lowers_its_objective(casa_with_statistics):
     model = casa_with_statistics
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tta = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=5, episodic=False)
-    chosen = {id(p) for p in adapted_parameters(model, "layernorm")}
+    chosen = {n for n, p in model.named_parameters() if id(p) in {id(q) for q in adapted_parameters(model, "layernorm")}}
     x = torch.rand(6, 3, 32, 32)
     with torch.no_grad():
-        start = float(tta.objective(x))
-    tta.adapt(x)
-    with torch.no_grad():
-        assert float(tta.objective(x)) < start
-    for name, p in model.named_parameters():
-        assert torch.equal(p, before[name]) or id(p) in chosen, name  # nothing outside the chosen set moves
-    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if id(p) in chosen)
+        start = float(tta.objective(x, {}))
+        tta(x)
+        adapted = tta._state["params"]
+        assert float(tta.objective(x, adapted)) < start
+    assert set(adapted) == chosen and any(not torch.equal(adapted[n], before[n]) for n in chosen)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the model itself never moves
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_tta_resets_when_episodic_and_never_reads_labels(casa_with_statistics):
-    from engine.evaluate import predict
+def test_tta_episodic_starts_from_the_trained_weights_online_carries_over_until_reset(casa_with_statistics):
     model = casa_with_statistics
-    initial = [p.detach().clone() for p in adapted_parameters(model, "layernorm")]
-    tta = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=2, episodic=True)
     x = torch.rand(4, 3, 32, 32)
-    tta.adapt(x)
-    first = [p.detach().clone() for p in tta.params]
-    tta.adapt(x)                                  # reset first: the same start, the same result
-    assert all(torch.equal(a, b) for a, b in zip(first, tta.params))
-    tta.reset()
-    assert all(torch.equal(a, b) for a, b in zip(initial, tta.params))
-    batch = {"image": x, "label": torch.tensor([0, 1, 0, 1]), "mask": torch.zeros(4, 32, 32),
-             "has_mask": torch.ones(4, dtype=torch.bool)}
-    flipped = dict(batch, label=1 - batch["label"], mask=torch.ones(4, 32, 32))
-    a = predict(model, [batch], torch.device("cpu"), False, show=False, adapter=tta)
-    b = predict(model, [flipped], torch.device("cpu"), False, show=False, adapter=tta)
-    np.testing.assert_array_equal(a["scores"], b["scores"])
-    np.testing.assert_array_equal(a["maps"], b["maps"])
+    with torch.no_grad():
+        episodic = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=2, episodic=True)
+        first = episodic(x)
+        torch.testing.assert_close(episodic(x), first, rtol=0, atol=0)   # the same start, the same result
+        online = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=2, episodic=False)
+        torch.testing.assert_close(online(x), first, rtol=0, atol=0)
+        assert not torch.allclose(online(x), first)                        # two more steps from where it was
+        online(x, update=False)
+        online.reset()
+        torch.testing.assert_close(online(x), first, rtol=0, atol=0)
+        assert not torch.allclose(first, model(x))                         # TTA changes the outputs
+
+
+def test_adaptive_attacker_gradient_matches_finite_differences_through_sgd_adaptation():
+    """float64, SGD: d loss(adapted model(x)) / dx, with the adapted weights a function of x (one step)."""
+    model = tiny_casa().double()
+    with torch.no_grad():
+        _, entropy = model.forward_with_entropy(torch.rand(8, 3, 32, 32, dtype=torch.float64))
+        model.entropy_mean.copy_(torch.stack([entropy.mean(0) * 0.9, entropy.mean(0) * 0.95]))
+        model.entropy_var.copy_(torch.stack([entropy.var(0), entropy.var(0)]) + 1e-4)
+        model.has_statistics.fill_(True)
+    tta = EntropyMomentTTA(model, "layernorm", lr=0.5, steps=1, optimizer="sgd")
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    labels = torch.zeros(3, 16, dtype=torch.float64)
+
+    def loss(images):
+        return casa_attack_loss(tta(images, differentiable=True, update=False), labels).sum()
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(xg), xg)
+    unaware = torch.autograd.grad(casa_attack_loss(model(xg), labels).sum(), xg)[0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        d = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            numeric = (loss(x + h * d) - loss(x - h * d)) / (2 * h)
+        assert float((grad * d).sum()) == pytest.approx(float(numeric), rel=1e-5, abs=1e-8)
+    assert not torch.allclose(grad, unaware)   # the adaptation's own dependence on x is in the gradient
+
+
+def test_adaptive_attack_hurts_the_adapted_model_at_least_as_much_as_the_unaware_one(casa_with_statistics):
+    from attacks import PGD
+    model = casa_with_statistics
+    tta = EntropyMomentTTA(model, "layernorm", lr=0.05, steps=1, optimizer="sgd")
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 32, 32)
+    labels = torch.zeros(6, 16)
+    labels[3:, :5] = 1
+    unaware = PGD(model, 8 / 255, 5, loss_fn=casa_attack_loss)(x, labels)
+    adaptive = PGD(model, 8 / 255, 5, loss_fn=casa_attack_loss,
+                   forward=lambda z: tta(z, differentiable=True, update=False))(x, labels)
+    with torch.no_grad():
+        on_adapted = [float(casa_attack_loss(tta(a), labels).mean()) for a in (x, unaware, adaptive)]
+    assert on_adapted[2] >= on_adapted[1] > on_adapted[0]
 
 
 def test_moment_objective_is_zero_at_the_stored_statistics(casa_with_statistics):
@@ -222,17 +262,38 @@ def test_casa_end_to_end_on_mpdd_and_checkpoint_rebuilds_itself(tmp_path):
             "--num_visualization", "2", "--step_visualization", "1"]
     assert cli.main(["--mode", "all", *args]) == 0
     ckpt = out / "checkpoints" / "casa_mpdd_metal_plate.pth"
-    from methods import load_model
+    from methods import get_method, load_model
     from utils.checkpoint import read_checkpoint
-    model, config = load_model(str(ckpt), None)
+    _, model, config = load_model(str(ckpt), get_method("casa"))
     assert isinstance(model, CaSA) and config["method"] == "casa" and bool(model.has_statistics)
     assert read_checkpoint(str(out / "checkpoints" / "casa_mpdd_metal_plate_last.pth"))["saliency"].shape == (54, 4, 4)
     metrics = json.loads((out / "metrics.json").read_text())
-    labels = [(s["attack"], s["tta"]) for s in metrics["settings"]]
-    assert labels == [("none", False), ("none", True), ("pgd", False), ("pgd", True)]
+    labels = [(s["attack"], s["tta"], s["attacker"]) for s in metrics["settings"]]
+    assert labels == [("none", False, None), ("none", True, None), ("pgd", False, None), ("pgd", True, "unaware"),
+                      ("pgd", True, "adaptive")]
     assert all(s["checks"]["ok"] for s in metrics["settings"] if s["attack"] != "none")
     assert "casa_attack_loss" in metrics["settings"][2]["repr"]
+    assert "through test-time adaptation" in metrics["settings"][4]["repr"]
+    assert "through" not in metrics["settings"][3]["repr"]
     assert (out / "visualization" / "tsne.png").exists() and (out / "visualization" / "index.html").exists()
+
+    # rows without TTA are what a run without TTA gives: the adaptation leaks into nothing
+    test = ["--mode", "test", *args, "--epsilon_test", "2", "8", "--step_test", "2"]
+    results = {}
+    for name, extra in (("with", ["--tta_mode", "online", "--tta_steps", "3", "--tta_lr", "0.05"]),
+                        ("off", ["--tta", "off"])):
+        (tmp_path / name).mkdir()
+        shutil.copytree(out / "checkpoints", tmp_path / name / "checkpoints")
+        test[test.index("--output_dir") + 1] = str(tmp_path / name)
+        assert cli.main([*test, *extra]) == 0
+        results[name] = json.loads((tmp_path / name / "metrics.json").read_text())["settings"]
+    plain = [s for s in results["with"] if not s["tta"]]
+    assert len(plain) == 3 and len(results["with"]) == 8
+    assert [(s["attack"], s["eps_255"]) for s in plain] == [(s["attack"], s["eps_255"]) for s in results["off"]]
+    for a, b in zip(plain, results["off"]):
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-6), (setting_label(a), metric)
+    assert abs(results["with"][1]["image_auroc"] - plain[0]["image_auroc"]) > 1e-3  # and TTA did change scores
 
 
 def test_seed_summary_gives_mean_and_std(tmp_path):

@@ -32,7 +32,7 @@ def test_end_to_end_on_mpdd_metal_plate(tmp_path):
     assert run("--mode", "train", *args) == 0
     ckpt = out / "checkpoints" / "patchguard_mpdd_metal_plate.pth"
     assert ckpt.exists() and (out / "checkpoints" / "patchguard_mpdd_metal_plate_last.pth").exists() and (out / "train.csv").exists()
-    assert json.loads((out / "config.json").read_text())["model"]["backbone"] == "test_vit"
+    assert json.loads((out / "config.json").read_text())["method_options"]["model"]["backbone"] == "test_vit"
     assert run("--mode", "test", *args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 97 and metrics["num_anomalous"] == 71
@@ -71,11 +71,11 @@ def test_resume_gives_the_same_weights(tmp_path, demo_root, monkeypatch):
         if calls["n"] == 6:  # 4 steps per epoch: epoch 1 completes, epoch 2 is cut short
             raise KeyboardInterrupt
         return real_step(*a, **k)
-    monkeypatch.setattr(PatchGuardMethod, "train_step", staticmethod(interrupt_in_second_epoch))
+    monkeypatch.setattr(PatchGuardMethod, "train_step", interrupt_in_second_epoch)
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3")) == 2
     last = torch.load(part / "checkpoints" / "patchguard_demo_widget_last.pth", weights_only=False)
     assert last["epoch"] == 0
-    monkeypatch.setattr(PatchGuardMethod, "train_step", staticmethod(real_step))
+    monkeypatch.setattr(PatchGuardMethod, "train_step", real_step)
     assert run("--mode", "train", *demo_args(demo_root, part, "--epochs", "2", "--seed", "3", "--resume")) == 0
     a = torch.load(full / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]
     b = torch.load(part / "checkpoints" / "patchguard_demo_widget.pth", weights_only=False)["model"]
@@ -183,7 +183,7 @@ def test_config_file_values_are_parsed_like_the_command_line(tmp_path, capsys):
 
 def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
     from config import parse_config
-    from models.patchguard import READOUT_KEYS
+    from utils.readout import READOUT_KEYS
     out = tmp_path / "run"
     assert run("--mode", "train", *demo_args(demo_root, out, "--epochs", "1", "--epsilon_train", "4",
                                              "--epsilon_test", "2", "8")) == 0
@@ -191,12 +191,12 @@ def test_a_runs_config_json_repeats_the_run(tmp_path, demo_root):
     again = parse_config(["--config", str(out / "config.json"), "--mode", "test"])
     assert again.mode == "test" and not again.train.resume
     repeated = json.loads(json.dumps(again.as_dict()))
-    for group in ("model", "data", "eval"):
+    for group in ("method_options", "data", "eval"):
         for key, value in original[group].items():
             if key.startswith("epsilon"):
                 assert repeated[group][key] == pytest.approx(value), key
             elif group == "eval" and key in READOUT_KEYS:  # the run's read-out, given explicitly by the file
-                assert repeated[group][key] == original["model"][key], key
+                assert repeated[group][key] == original["method_options"]["model"][key], key
             else:
                 assert repeated[group][key] == value, key
     assert again.train.epsilon_train == pytest.approx(4 / 255)

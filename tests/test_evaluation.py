@@ -11,9 +11,9 @@ import torch
 import main as cli
 from attacks import APGD, PGD, patch_margin_loss
 from attacks.apgd import checkpoints
-from engine.evaluate import attack_labels, predict
+from engine.scoring import attack_labels, score_loader
 from tests.test_cli import TINY
-from methods import load_model
+from methods import get_method, load_model
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def trained(demo_root, tmp_path_factory):
     args = ["--dataset", "demo", "--class_name", "widget", "--dataset_dir", demo_root, "--output_dir", str(out),
             *TINY, "--epochs", "3", "--train_batch_size", "8", "--step_train", "1"]
     assert cli.main(["--mode", "train", *args]) == 0
-    model, _ = load_model(str(out / "checkpoints" / "patchguard_demo_widget.pth"), None)
+    _, model, _ = load_model(str(out / "checkpoints" / "patchguard_demo_widget.pth"), get_method("patchguard"))
     return model.eval(), args, out
 
 
@@ -58,7 +58,7 @@ def test_attack_target_attacks_only_what_it_says(trained, demo_root, target, att
     model = trained[0]
     batch, _ = demo_batch(trained, demo_root)
     attack = PGD(model, 8 / 255, 2)
-    out = predict(model, [batch], torch.device("cpu"), False, attack, show=False, keep_images=True, target=target)
+    out = score_loader(get_method("patchguard"), model, [batch], torch.device("cpu"), False, attack, show=False, keep_images=True, target=target)
     changed = (out["images"] - batch["image"]).flatten(1).abs().amax(1) > 0
     assert changed[batch["label"] == attacked_label].all()
     assert not changed[batch["label"] != attacked_label].any()

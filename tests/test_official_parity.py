@@ -7,10 +7,10 @@ import torch
 
 from attacks import PGD
 from losses.patchguard_loss import patchguard_loss
-from models.patchguard import ModelConfig
+from models.patchguard import PatchGuardConfig
 from tests.conftest import FIXTURE
 from utils.anomaly_map import anomaly_maps
-from methods import load_model
+from methods import get_method, load_model
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason="official fixture not present")
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason="official fix
 def official():
     inputs = torch.load(os.path.join(FIXTURE, "inputs.pt"))
     expected = torch.load(os.path.join(FIXTURE, "expected.pt"))
-    model, run_config = load_model(os.path.join(FIXTURE, "patchguard_tiny.pth"),
-                                   ModelConfig(backbone="vit_tiny_patch16_224", image_size=64))
+    _, model, run_config = load_model(os.path.join(FIXTURE, "patchguard_tiny.pth"), get_method("patchguard"),
+                                      PatchGuardConfig(backbone="vit_tiny_patch16_224", image_size=64))
     assert run_config is None  # official format: architecture from the command line
     return model.eval(), inputs, expected
 
@@ -62,7 +62,8 @@ def test_our_checkpoint_roundtrip(official, tmp_path):
     from utils.checkpoint import save_checkpoint
     model, inputs, _ = official
     path = str(tmp_path / "ours.pth")
-    save_checkpoint(path, model, {"model": model.cfg.__dict__})
-    again, cfg = load_model(path, ModelConfig())  # the fallback is ignored: config comes from the file
+    save_checkpoint(path, model, {"method": "patchguard", "method_options": {"model": model.cfg.__dict__}})
+    # the fallback is ignored: the config comes from the file
+    _, again, cfg = load_model(path, get_method("patchguard"), PatchGuardConfig())
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(inputs["images"]), model(inputs["images"]))

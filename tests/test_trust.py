@@ -51,7 +51,7 @@ def test_interrupted_sweep_keeps_finished_settings_and_a_rerun_finishes_the_rest
     real, calls, interrupt = evaluate.run_setting, [], [True]
 
     def interrupted_after_two(*args, **kwargs):
-        calls.append(args[5:8])  # name, eps, steps
+        calls.append(args[6:9])  # name, eps, steps
         if interrupt[0] and len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
@@ -72,15 +72,15 @@ def test_interrupted_sweep_keeps_finished_settings_and_a_rerun_finishes_the_rest
 
 
 def test_test_time_read_out_options_apply_and_are_logged(finished_run, demo_root):
-    from engine.evaluate import load_for_evaluation
+    from engine.loading import load_for_evaluation
     from engine.common import setup_logging
     from config import parse_config
     cfg = parse_config(["--mode", "test", *demo_args(demo_root, finished_run, "--top_k", "1", "--smoothing_sigma", "2")])
     setup_logging(str(finished_run))
-    model, _ = load_for_evaluation(cfg)
+    method, model, _ = load_for_evaluation(cfg)
     assert (model.cfg.top_k, model.cfg.smoothing_sigma, model.cfg.smoothing_radius) == (1, 2.0, 7)
     logits = torch.tensor([[0.0, 5.0, 1.0] + [0.0] * (model.num_patches - 3)])
-    assert float(model.image_scores(logits)[0]) == 5.0  # top-1, not the checkpoint's top-3 mean
+    assert float(method.read_out(model, logits).image_scores[0]) == 5.0  # top-1, not the checkpoint's top-3 mean
     log = (finished_run / "log.txt").read_text()
     assert "top_k 1 (command line), smoothing_sigma 2 (command line), smoothing_radius 7 (checkpoint)" in log
 
@@ -138,11 +138,11 @@ def test_config_file_keys_are_option_names_and_booleans_are_strict(tmp_path, cap
                                                  "no_adv_test": "True", "hf_path": "vit_tiny_patch16_224",
                                                  "random_start": "false", "bf16": False}))
     cfg = parse_config(["--config", str(tmp_path / "c.json")])
-    assert not cfg.tqdm and not cfg.train.use_reg and not cfg.train.adv_train and not cfg.eval.adv_test
-    assert cfg.model.backbone == "vit_tiny_patch16_224" and cfg.eval.random_start is False and cfg.bf16 is False
+    assert not cfg.tqdm and not cfg.method_options.use_reg and not cfg.train.adv_train and not cfg.eval.adv_test
+    assert cfg.method_options.model.backbone == "vit_tiny_patch16_224" and cfg.eval.random_start is False and cfg.bf16 is False
     (tmp_path / "d.json").write_text(json.dumps({**base, "use_reg": False, "random_start": "false"}))
     cfg = parse_config(["--config", str(tmp_path / "d.json")])
-    assert not cfg.train.use_reg and not cfg.eval.random_start
+    assert not cfg.method_options.use_reg and not cfg.eval.random_start
     (tmp_path / "bad.json").write_text(json.dumps({**base, "random_start": "no"}))
     one_line_error(capsys, run("--config", str(tmp_path / "bad.json")), "'random_start' must be true or false")
 

@@ -125,3 +125,18 @@ def gather_in_order(part: dict, indices) -> dict:
         else:
             out[key] = value
     return out
+
+
+def default_workers(device: str, class_processes: int = 0) -> int:
+    """Workers when --num_workers is not given (bench/data.py measures the data side).
+
+    CPU: 2; the model's own compute needs the cores, and a sample's pseudo-anomaly costs under 1% of its PGD-10
+    training there. GPU: one 224 px sample takes ~11 ms on a core, and an H200 trains on one in 4 ms (FGSM-RS,
+    bf16) to 26 ms (PGD-10, fp32), so: every core this process may use but one (the one feeding the GPU), divided
+    among this node's GPU processes (torchrun ranks or --devices classes), at most 8 (more only add start-up
+    time: workers start again every epoch)."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = class_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cores // max(1, processes) - 1))
