@@ -68,7 +68,7 @@ def run_train(cfg: RunConfig) -> str:
         start_epoch = ckpt["epoch"] + 1
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
     log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name,
-             cfg.method_options.model.backbone, model.cfg.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
+             type(model).__name__, model.cfg.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
     if t.adv_train:
         log.info("training attack: %r", training_attack(model, t, method.attack_loss))
     else:
