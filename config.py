@@ -26,6 +26,7 @@ class DataConfig:
     foreground: str = "auto"          # auto: given masks, else estimated ones; none: whole image
     cache_dir: Optional[str] = None   # estimated foreground masks (default ~/.cache/patchguard)
     visa_split: str = "csv"           # csv: split_csv/1cls.csv; foreground: official rule
+    nih_split: str = "official"       # official: train_val_list.txt / test_list.txt; random: by patient
     on_corrupt: str = "stop"          # stop or skip unreadable images
     normal_dir: Optional[str] = None  # --dataset folder
     abnormal_dir: Tuple[str, ...] = ()
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "~/.cache/patchguard; never inside the dataset)")
     g.add_argument("--visa_split", choices=("csv", "foreground"), default="csv",
                    help="VisA split: split_csv/1cls.csv, or the official rule (normals with a foreground mask train)")
+    g.add_argument("--nih_split", choices=("official", "random"), default="official",
+                   help="NIH: the released train_val/test lists (the paper's protocol), or a seeded split by patient")
     g.add_argument("--on_corrupt", choices=("stop", "skip"), default="stop",
                    help="unreadable image files: stop with an error, or skip them with a warning")
     g.add_argument("--normal_dir", help="--dataset folder: normal images (training, and test unless --normal_test_dir)")
@@ -304,7 +307,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         run_dirs=tuple(a.run_dirs), devices=tuple(a.devices),
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,
                         foreground_dir=a.foreground_dir, foreground=a.foreground, cache_dir=a.cache_dir,
-                        visa_split=a.visa_split, on_corrupt=a.on_corrupt, normal_dir=a.normal_dir,
+                        visa_split=a.visa_split, nih_split=a.nih_split, on_corrupt=a.on_corrupt,
+                        normal_dir=a.normal_dir,
                         abnormal_dir=tuple(a.abnormal_dir), mask_dir=tuple(a.mask_dir), normal_test_dir=a.normal_test_dir,
                         pseudo_anomaly=generator.name, generator=generator.options(a, bool(a.backbone_weights)),
                         train_batch_size=a.train_batch_size, test_batch_size=a.test_batch_size,

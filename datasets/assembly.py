@@ -21,7 +21,7 @@ def samples(cfg, split: str) -> List[Sample]:
     if d.dataset == "folder":
         folder = FolderSpec(d.normal_dir, d.abnormal_dir, d.mask_dir, d.normal_test_dir, seed=cfg.seed)
     return make_samples(d.dataset, d.dataset_dir, d.class_name, split, d.foreground_dir, d.visa_split, folder,
-                        seed=cfg.seed)
+                        seed=cfg.seed, nih_split=d.nih_split, skip_corrupt=d.on_corrupt == "skip")
 
 
 def whole_image_foreground(cfg) -> bool:

@@ -6,7 +6,7 @@ Layouts (as distributed):
   brats2021: <root>/{train/normal, test/<type>, ground_truth/<name with flair -> seg>}
   visa: <class>/Data/{Images/{Normal,Anomaly}, Masks/Anomaly/<stem>.png} + <root>/split_csv/1cls.csv
   folder: --normal_dir, --abnormal_dir (one or more), [--mask_dir (one or more)], [--normal_test_dir]
-  nih: <root>/{Data_Entry_2017.csv, BBox_List_2017.csv, images/ or images_0NN/images/} (NIH ChestX-ray14)
+  nih: <root>/{Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt, images/} (datasets/nih.py)
 """
 import csv
 import os
@@ -73,7 +73,7 @@ def _with_foreground(samples: List[Sample], fg_dir: Optional[str]) -> List[Sampl
     return [replace(s, foreground=find_by_stem(fg_dir, _stem(s.image), ("", "_mask"))) for s in samples]
 
 
-def _check_test(samples: List[Sample], where: str, missing: List[str], mask_root: str) -> List[Sample]:
+def check_test(samples: List[Sample], where: str, missing: List[str], mask_root: str) -> List[Sample]:
     if not samples:
         raise UserError(f"no test images in {where}")
     if not any(s.label == 0 for s in samples) or not any(s.label for s in samples):
@@ -116,7 +116,7 @@ def mvtec_layout(root: str, split: str, foreground_dir: Optional[str] = None) ->
                 if mask is None:
                     missing.append(os.path.relpath(p, root))
             samples.append(Sample(p, label, mask=mask, defect=defect))
-    return _check_test(samples, test_dir, missing, gt_root)
+    return check_test(samples, test_dir, missing, gt_root)
 
 
 def visa_layout(root: str, class_name: str, split: str, dataset_dir: str, split_rule: str = "csv",
@@ -162,7 +162,7 @@ def visa_layout(root: str, class_name: str, split: str, dataset_dir: str, split_
         if mask is None:
             missing.append(os.path.relpath(p, root))
         samples.append(Sample(p, 1, mask=mask, defect="anomaly"))
-    return _check_test(samples, images_dir, missing, masks_dir)
+    return check_test(samples, images_dir, missing, masks_dir)
 
 
 def folder_layout(spec: FolderSpec, split: str) -> List[Sample]:
@@ -198,7 +198,7 @@ def folder_layout(spec: FolderSpec, split: str) -> List[Sample]:
             if spec.mask_dir and mask is None:
                 missing.append(os.path.relpath(p, os.path.dirname(os.path.normpath(folder))))
             samples.append(Sample(p, 1, mask=mask, defect=defect))
-    return _check_test(samples, ", ".join(spec.abnormal_dir), missing, ", ".join(spec.mask_dir))
+    return check_test(samples, ", ".join(spec.abnormal_dir), missing, ", ".join(spec.mask_dir))
 
 
 def class_root(dataset_dir: str, dataset: str, class_name: str) -> str:
@@ -233,52 +233,10 @@ def available_classes(dataset: str, dataset_dir: str) -> List[str]:
     return present
 
 
-def nih_layout(root: str, split: str, seed: int = 0, test_fraction: float = 0.2) -> List[Sample]:
-    """NIH ChestX-ray14 as released: normal = "No Finding" in Data_Entry_2017.csv, split into train and test by a
-    seeded shuffle; anomalous test images = those with boxes in BBox_List_2017.csv (boxes in the 1024 px frame,
-    several per image possible). Images in images/ or images_0NN/images/. Patient sex is each sample's group."""
-    entries, boxes_csv = os.path.join(root, "Data_Entry_2017.csv"), os.path.join(root, "BBox_List_2017.csv")
-    if not os.path.isfile(entries):
-        raise UserError(f"NIH layout: {entries} not found (expected the released Data_Entry_2017.csv)")
-    folders = [os.path.join(root, "images")] + sorted(
-        os.path.join(root, d, "images") for d in os.listdir(root) if d.startswith("images_"))
-    located = {f: os.path.join(d, f) for d in folders if os.path.isdir(d) for f in os.listdir(d)}
-    normals, findings, sex = [], {}, {}
-    with open(entries, newline="") as f:
-        rows = csv.reader(f)
-        next(rows, None)  # the header's columns do not line up with the rows (commas inside brackets)
-        for row in rows:
-            if len(row) < 6 or row[0] not in located:
-                continue
-            sex[row[0]] = row[5]
-            findings[row[0]] = row[1]
-            if row[1] == "No Finding":
-                normals.append(row[0])
-    boxes = {}
-    if os.path.isfile(boxes_csv):
-        with open(boxes_csv, newline="") as f:
-            rows = csv.reader(f)
-            next(rows, None)
-            for row in rows:
-                if len(row) >= 6 and row[0] in located:
-                    boxes.setdefault(row[0], []).append(tuple(float(v) for v in row[2:6]))
-    if not normals:
-        raise UserError(f"NIH layout: no 'No Finding' images of {entries} found under {', '.join(folders)}")
-    shuffled = sorted(normals)
-    random.Random(seed).shuffle(shuffled)
-    k = max(1, int(round(len(shuffled) * test_fraction)))
-    test_normal, train = sorted(shuffled[:k]), sorted(shuffled[k:])
-    if split == "train":
-        return [Sample(located[n], 0, group=sex.get(n)) for n in train]
-    samples = [Sample(located[n], 0, group=sex.get(n)) for n in test_normal]
-    samples += [Sample(located[n], 1, boxes=tuple(b), box_frame=1024, group=sex.get(n),
-                       defect=findings.get(n, "finding").split("|")[0]) for n, b in sorted(boxes.items())]
-    return _check_test(samples, root, [], boxes_csv)
-
-
 def make_samples(dataset: str, dataset_dir: str, class_name: str, split: str,
                  foreground_dir: Optional[str] = None, visa_split: str = "csv",
-                 folder: Optional[FolderSpec] = None, seed: int = 0) -> List[Sample]:
+                 folder: Optional[FolderSpec] = None, seed: int = 0, nih_split: str = "official",
+                 skip_corrupt: bool = False) -> List[Sample]:
     """The sample list of one class and split ('train' or 'test')."""
     if dataset not in registry.DATASETS:
         raise UserError(f"unknown dataset '{dataset}': expected one of {', '.join(registry.DATASETS)}")
@@ -287,8 +245,9 @@ def make_samples(dataset: str, dataset_dir: str, class_name: str, split: str,
             raise UserError("--dataset folder needs --normal_dir and --abnormal_dir")
         return folder_layout(folder, split)
     if dataset == "nih":
+        from datasets.nih import nih_layout
         return nih_layout(dataset_dir if os.path.isfile(os.path.join(dataset_dir, "Data_Entry_2017.csv"))
-                          else class_root(dataset_dir, dataset, class_name), split, seed)
+                          else class_root(dataset_dir, dataset, class_name), split, seed, nih_split, skip_corrupt)
     known = registry.classes(dataset)
     if known and class_name not in known and not registry.accepts_any_class(dataset):
         raise UserError(f"unknown class '{class_name}' for {dataset}: expected one of {', '.join(known)}")

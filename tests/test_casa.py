@@ -203,56 +203,6 @@ def test_moment_objective_is_zero_at_the_stored_statistics(casa_with_statistics)
     assert float(moment_objective(model, outputs, entropy)) == pytest.approx(0.0, abs=1e-4)
 
 
-def write_nih(root, normals=8):
-    images = root / "images_001" / "images"
-    images.mkdir(parents=True)
-    from PIL import Image
-    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
-    for i in range(normals):
-        name = f"0000{i:04d}_000.png"
-        Image.fromarray(np.full((128, 128), 60 + i, np.uint8)).save(images / name)
-        rows.append(f"{name},No Finding,0,{i},50,{'MF'[i % 2]},PA,2500,2048,0.168,0.168")
-    for i, labels in enumerate(["Mass|Nodule", "Atelectasis"]):
-        name = f"0001{i:04d}_001.png"
-        Image.fromarray(np.full((128, 128), 200, np.uint8)).save(images / name)
-        rows.append(f"{name},{labels},1,{100 + i},60,F,AP,2500,2048,0.168,0.168")
-    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
-    (root / "BBox_List_2017.csv").write_text(
-        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-        "00010000_001.png,Mass,0,0,512,256,,,\n"
-        "00010000_001.png,Nodule,768,768,256,256,,,\n"
-        "00010001_001.png,Atelectasis,256,512,512,128,,,\n")
-
-
-def test_nih_layout_parses_and_boxes_become_masks(tmp_path):
-    from datasets.dataset import AnomalyDataset
-    from datasets.samples import make_samples
-    write_nih(tmp_path)
-    train = make_samples("nih", str(tmp_path), "nih", "train", seed=0)
-    test = make_samples("nih", str(tmp_path), "nih", "test", seed=0)
-    assert len(train) == 6 and sum(s.label == 0 for s in test) == 2 and sum(s.label for s in test) == 2
-    assert not {s.image for s in train} & {s.image for s in test}
-    assert make_samples("nih", str(tmp_path), "nih", "train", seed=1) != train
-    first = next(s for s in test if s.label and s.defect == "Mass")
-    assert len(first.boxes) == 2 and first.group == "F"
-    mask = AnomalyDataset([first], 64, 8).masks[0]
-    # the 1024 px frame on a 128 px image drawn at 64 px: rows 0..15 of columns 0..31, and the 48..63 corner
-    expected = np.zeros((64, 64), bool)
-    expected[0:16, 0:32] = True
-    expected[48:64, 48:64] = True
-    assert (mask == expected).all()
-
-
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "nih_sample")), reason="NIH sample not present")
-def test_released_nih_sample_parses():
-    from datasets.samples import make_samples
-    root = os.path.join(SHARED, "data", "nih_sample")
-    test = make_samples("nih", root, "nih", "test")
-    assert sum(s.label for s in test) == 16 and all(s.group in ("M", "F") for s in test)
-    assert max(len(s.boxes) for s in test) >= 2
-
-
 @pytest.mark.skipif(not os.path.isdir(MPDD), reason="shared data not present")
 def test_casa_end_to_end_on_mpdd_and_checkpoint_rebuilds_itself(tmp_path):
     out = tmp_path / "run"
