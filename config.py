@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one, shared among this node's GPU processes, at most 8)")
 
     g = p.add_argument_group("model (every method)")
-    g.add_argument("--backbone", "--hf_path", dest="backbone", default="vit_small_patch14_dinov2",
-                   help="any timm ViT name")
+    g.add_argument("--backbone", "--hf_path", dest="backbone",
+                   help="any timm ViT name (default: the architecture of --backbone_weights when it is a DINO or "
+                        "DINOv2 file, else vit_small_patch14_dinov2)")
     g.add_argument("--backbone_weights", help="local .pth/.safetensors backbone weights, or 'hub' (needs internet); "
                                               "default: random init as the official code")
     g.add_argument("--image_size", type=int, default=224)

@@ -38,19 +38,42 @@ def attack_settings(cfg: RunConfig):
             if steps > 0 and eps > 0]
 
 
-def rows(cfg: RunConfig, adapter):
-    """(attack, eps, steps, adapter or None, attacker) for every row: clean, then each attack setting; with an
-    adapter each also with TTA, attacked rows once per attacker (unaware of the adaptation, or adaptive)."""
+def rows(cfg: RunConfig, adapter, objectives):
+    """(attack, eps, steps, objective, adapter or None, attacker) for every row: clean, then each attack setting
+    once per attack objective; with an adapter each also with TTA, attacked rows once per attacker (unaware of the
+    adaptation, or adaptive)."""
     out = []
     for name, eps, steps in [("none", 0.0, 0)] + attack_settings(cfg):
-        out.append((name, eps, steps, None, None))
-        if adapter is not None:
-            attackers = [None] if name == "none" else list(adapter.attackers)
-            out += [(name, eps, steps, adapter, attacker) for attacker in attackers]
+        for objective in [None] if name == "none" else objectives:
+            out.append((name, eps, steps, objective, None, None))
+            if adapter is not None:
+                attackers = [None] if name == "none" else list(adapter.attackers)
+                out += [(name, eps, steps, objective, adapter, attacker) for attacker in attackers]
     return out
 
 
-def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta, attacker=None) -> dict:
+MIN_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+def with_minimum_rows(settings: list) -> list:
+    """After each attack setting run with several objectives (its rows are contiguous): per TTA row, one row with
+    each metric's minimum over the objectives, i.e. the strongest objective per metric."""
+    out = []
+    for _, block in itertools.groupby(settings, key=lambda s: (s["attack"], s["eps_255"], s["steps"])):
+        block = list(block)
+        out += block
+        if len({s.get("objective") for s in block}) < 2:
+            continue
+        for tta, attacker in dict.fromkeys((s["tta"], s.get("attacker")) for s in block):
+            same = [s for s in block if (s["tta"], s.get("attacker")) == (tta, attacker)]
+            out.append({**{k: same[0][k] for k in ("attack", "eps", "eps_255", "steps")}, "tta": tta,
+                        "attacker": attacker, "objective": "min", "seconds": 0.0, "metrics_seconds": 0.0,
+                        "key": {**same[0]["key"], "objective": "min"},
+                        **{m: min(x[m] for x in same) for m in MIN_METRICS if all(m in x for x in same)}})
+    return out
+
+
+def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta, attacker=None, objective=None) -> dict:
     """What a setting's numbers depend on besides the checkpoint: equal keys, equal results."""
     d = cfg.data
     key = {"data": f"{d.dataset}/{d.class_name} at {os.path.abspath(d.dataset_dir)}", "attack": name,
@@ -60,7 +83,7 @@ def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta, a
     if name != "none":
         e = cfg.eval
         key.update(attack_target=e.attack_target, random_start=e.random_start, restarts=e.restarts, seed=cfg.seed,
-                   attacker=attacker)
+                   attacker=attacker, objective=objective)
     return key
 
 
@@ -106,11 +129,12 @@ def run_test(cfg: RunConfig) -> dict:
     requested = []
     total_start = time.time()
     adapter = method.adapter(model, cfg)
+    objectives = method.attack_objectives(cfg)
     if adapter is not None:
         log.info("test-time adaptation: %r; every setting is reported without and with it, attacked settings "
                  "with TTA once per attacker (%s)", adapter, ", ".join(adapter.attackers))
-    for name, eps, steps, tta, attacker in rows(cfg, adapter):
-        key = setting_key(cfg, model, name, eps, steps, tta, attacker)
+    for name, eps, steps, objective, tta, attacker in rows(cfg, adapter, list(objectives)):
+        key = setting_key(cfg, model, name, eps, steps, tta, attacker, objective)
         previous = next((s for s in done if s["key"] == key), None)
         if previous is not None:
             log.info("%s: already in %s for this checkpoint, skipped (--recompute runs it again)",
@@ -118,7 +142,8 @@ def run_test(cfg: RunConfig) -> dict:
             requested.append(previous)
             continue
         setting = run_setting(cfg, method, model, device, batches, dataset.has_masks, name, eps, steps, tta,
-                              attacker, groups=[s.group for s in dataset.samples], shard=shard)
+                              attacker, objective, objectives[objective] if name != "none" else None,
+                              groups=[s.group for s in dataset.samples], shard=shard)
         setting["key"] = key
         results["settings"] = [s for s in results["settings"] if s["key"] != key] + [setting]
         requested.append(setting)
@@ -126,6 +151,9 @@ def run_test(cfg: RunConfig) -> dict:
             write_json(metrics_path, results)  # finished settings survive a crash or Ctrl-C in the next one
     results["seconds"] = time.time() - total_start
     results["metrics_seconds"] = sum(s["metrics_seconds"] for s in requested)
+    requested = with_minimum_rows(requested)
+    minimum = [s for s in requested if s.get("objective") == "min"]
+    results["settings"] = [s for s in results["settings"] if s["key"] not in [m["key"] for m in minimum]] + minimum
     shown = dict(results, settings=requested)
     if not is_main():
         return shown
@@ -138,19 +166,21 @@ def run_test(cfg: RunConfig) -> dict:
 
 
 def run_setting(cfg: RunConfig, method, model, device, batches, has_masks: bool, name: str, eps: float,
-                steps: int, adapter=None, attacker=None, groups=(), shard=()) -> dict:
+                steps: int, adapter=None, attacker=None, objective=None, loss_fn=None, groups=(), shard=()) -> dict:
     attack = None
     if name != "none":
-        attack = make_attack(name, method, model, eps, steps, cfg, adapter if attacker == "adaptive" else None)
+        attack = make_attack(name, method, model, eps, steps, cfg, adapter if attacker == "adaptive" else None,
+                             loss_fn)
     t0 = time.time()
-    row = {"attack": name, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None, "attacker": attacker}
+    row = {"attack": name, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None, "attacker": attacker,
+           "objective": objective}
     desc = setting_label(row)
     pred = score_loader(method, model, batches, device, cfg.bf16, attack, desc=desc, show=cfg.tqdm and is_main(),
                         target=cfg.eval.attack_target, adapter=adapter)
     pred = gather_in_order(pred, shard)  # all ranks' scores and maps, in test-set order
     t1 = time.time()
     setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None,
-               "attacker": attacker, **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
+               "attacker": attacker, "objective": objective, **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
     if any(g is not None for g in groups):  # e.g. NIH patient sex: the same metrics within each group
         groups = np.array([str(g) for g in groups])
         setting["subgroups"] = {

@@ -7,6 +7,8 @@ from utils.figures import pyplot, save_figure
 def setting_label(s: dict) -> str:
     """e.g. "clean", "PGD-10 eps 8/255", "PGD-10 eps 8/255 + TTA (adaptive attacker)"."""
     label = "clean" if s["attack"] == "none" else f"{s['attack'].upper()}-{s['steps']} eps {s['eps_255']:g}/255"
+    if s.get("objective"):
+        label += " [min over objectives]" if s["objective"] == "min" else f" [{s['objective']} objective]"
     if s.get("tta"):
         label += " + TTA" + (f" ({s['attacker']} attacker)" if s.get("attacker") else "")
     return label
@@ -29,7 +31,8 @@ def format_table(results: dict) -> str:
 
 def save_sweep_plots(results: dict, out_dir: str) -> None:
     """AUROC against eps (one line per attack and step count) and against steps (per attack and eps)."""
-    attacked = [s for s in results["settings"] if s["attack"] != "none" and not s.get("tta")]
+    attacked = [s for s in results["settings"]
+                if s["attack"] != "none" and not s.get("tta") and s.get("objective") in (None, "min")]
     clean = results["settings"][0]
     metrics = [m for m in ("image_auroc", "pixel_auroc") if m in clean]
     for x_key, group_key, name in (("eps_255", "steps", "auroc_vs_eps"), ("steps", "eps_255", "auroc_vs_steps")):

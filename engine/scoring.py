@@ -22,13 +22,13 @@ def attack_labels(model, batch: dict) -> torch.Tensor:
     return labels
 
 
-def make_attack(name: str, method, model, eps: float, steps: int, cfg, adapter=None) -> Attack:
-    """The test attack on the method's objective; with `adapter`, an adaptive attacker that differentiates through
-    the test-time adaptation (the adapted model's outputs for the attacked images)."""
+def make_attack(name: str, method, model, eps: float, steps: int, cfg, adapter=None, loss_fn=None) -> Attack:
+    """The test attack on the method's objective (or `loss_fn`); with `adapter`, an adaptive attacker that
+    differentiates through the test-time adaptation (the adapted model's outputs for the attacked images)."""
     e = cfg.eval
     forward = None if adapter is None else (lambda x: adapter(x, differentiable=True, update=False))
     return (APGD if name == "apgd" else PGD)(model, eps, steps, random_start=e.random_start, restarts=e.restarts,
-                                            seed=cfg.seed, loss_fn=method.attack_loss, forward=forward,
+                                            seed=cfg.seed, loss_fn=loss_fn or method.attack_loss, forward=forward,
                                             compile=cfg.compile and method.compilable and adapter is None)
 
 

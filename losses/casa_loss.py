@@ -41,8 +41,22 @@ def casa_loss(outputs: torch.Tensor, image_labels: torch.Tensor, patch_labels: t
     return image + seg_weight * segmentation_loss(outputs[:, 1:], patch_labels.to(outputs.dtype), seg_kind)
 
 
-def casa_attack_loss(outputs: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
-    """Per-image objective attacks ascend: raise the image logit of normal images and lower that of anomalous ones
-    (an image is anomalous when any patch is), and do the same to the map (PatchGuard's patch margin)."""
+def casa_image_attack_loss(outputs: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+    """Per-image objective on the image logit: raise it for normal images, lower it for anomalous ones (an image is
+    anomalous when any patch is)."""
     anomalous = (patch_labels.amax(1) > 0).to(outputs.dtype)
-    return (1 - 2 * anomalous) * outputs[:, 0] + patch_margin_loss(outputs[:, 1:], patch_labels)
+    return (1 - 2 * anomalous) * outputs[:, 0]
+
+
+def casa_map_attack_loss(outputs: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+    """Per-image objective on the map: PatchGuard's patch margin of the map logits."""
+    return patch_margin_loss(outputs[:, 1:], patch_labels)
+
+
+def casa_attack_loss(outputs: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+    """The joint objective attacks ascend by default: image and map objectives summed. The image logit is
+    unbounded and tends to dominate, leaving the map barely attacked: see --attack_objective."""
+    return casa_image_attack_loss(outputs, patch_labels) + casa_map_attack_loss(outputs, patch_labels)
+
+
+ATTACK_OBJECTIVES = {"joint": casa_attack_loss, "image": casa_image_attack_loss, "map": casa_map_attack_loss}

@@ -75,6 +75,11 @@ class Method:
         """Per-image objective (B,) that attacks ascend, from raw outputs and patch labels (B, N)."""
         raise NotImplementedError
 
+    def attack_objectives(self, cfg) -> dict:
+        """{name: per-image loss} that test attacks ascend, one row each; {None: attack_loss} unless the method
+        offers several (the engine then adds a row with each metric's minimum over them)."""
+        return {None: self.attack_loss}
+
     def after_training(self, model: nn.Module, batches, cfg, device) -> None:
         """Runs once after the last epoch, over a loader of training batches with fresh pseudo-anomalies."""
 

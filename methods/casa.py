@@ -7,10 +7,11 @@ from typing import List, Tuple
 import torch
 
 from attacks import training_attack
-from losses.casa_loss import casa_attack_loss, casa_loss
+from losses.casa_loss import ATTACK_OBJECTIVES, casa_attack_loss, casa_loss
 from methods.base import Method, Outputs
 from models.casa import CaSA, CaSAConfig
 from models.tta import OPTIMIZERS, PARAM_SETS, EntropyMomentTTA
+from models.backbone import backbone_for
 from utils.errors import UserError
 from utils.precision import autocast
 from utils.readout import readout_given
@@ -28,6 +29,7 @@ class CaSAOptions:
     tta_steps: int = 1
     tta_mode: str = "episodic"        # episodic (reset per batch) or online (per test setting)
     tta_attackers: Tuple[str, ...] = ("unaware", "adaptive")
+    attack_objective: Tuple[str, ...] = ("joint",)  # joint, image, map: what test attacks ascend (several: rows)
 
 
 @torch.no_grad()
@@ -76,6 +78,9 @@ class CaSAMethod(Method):
         g.add_argument("--tta_mode", choices=("episodic", "online"), default="episodic",
                        help="episodic: every batch starts from the trained weights; online: adaptation carries "
                             "over the batches of one test setting")
+        g.add_argument("--attack_objective", nargs="+", choices=tuple(ATTACK_OBJECTIVES), default=["joint"],
+                       help="what test attacks ascend: joint (image logit + map margin), image or map; several: one "
+                            "row each plus a row with each metric's minimum over them")
         g.add_argument("--tta_attackers", nargs="+", choices=("unaware", "adaptive"), default=["unaware", "adaptive"],
                        help="attacked rows with TTA: an attacker of the un-adapted model (unaware) and one that "
                             "differentiates through the adaptation (adaptive)")
@@ -89,13 +94,15 @@ class CaSAMethod(Method):
             raise UserError(f"--tta_lr must be positive, got {a.tta_lr}")
         if a.tta_steps < 1:
             raise UserError(f"--tta_steps must be >= 1, got {a.tta_steps}")
-        model = CaSAConfig(backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
+        model = CaSAConfig(backbone=backbone_for(a.backbone, a.backbone_weights), image_size=a.image_size,
+                           patch_size=a.patch_size,
                            map_layers=tuple(a.casa_map_layers or ()), head_hidden=a.casa_head_hidden,
                            score=a.casa_score, **readout_given(a))
         return CaSAOptions(model=model, seg_loss=a.casa_seg_loss, seg_weight=a.casa_seg_weight, tta=a.tta,
                            tta_params=a.tta_params, tta_optimizer=a.tta_optimizer, tta_lr=a.tta_lr,
                            tta_steps=a.tta_steps, tta_mode=a.tta_mode,
-                           tta_attackers=tuple(dict.fromkeys(a.tta_attackers)))
+                           tta_attackers=tuple(dict.fromkeys(a.tta_attackers)),
+                           attack_objective=tuple(dict.fromkeys(a.attack_objective)))
 
     def build_model(self, model_options: CaSAConfig, backbone_weights=None) -> CaSA:
         return CaSA(model_options, backbone_weights)
@@ -126,6 +133,12 @@ class CaSAMethod(Method):
         return loss.item()
 
     attack_loss = staticmethod(casa_attack_loss)
+
+    def attack_objectives(self, cfg) -> dict:
+        chosen = cfg.method_options.attack_objective
+        if chosen == ("joint",):
+            return {None: self.attack_loss}
+        return {name: ATTACK_OBJECTIVES[name] for name in chosen}
 
     def after_training(self, model: CaSA, batches, cfg, device) -> None:
         fit_entropy_statistics(model, batches, device)

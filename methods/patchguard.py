@@ -9,6 +9,7 @@ from attacks import patch_margin_loss, training_attack
 from losses.patchguard_loss import patchguard_loss
 from methods.base import Method, Outputs
 from models.patchguard import PatchGuard, PatchGuardConfig
+from models.backbone import backbone_for
 from utils.errors import UserError
 from utils.precision import autocast
 from utils.readout import readout_given
@@ -46,7 +47,8 @@ class PatchGuardMethod(Method):
                 raise UserError(f"--{name} must be positive, got {getattr(a, name)}")
         if a.use_reg and len(a.reg_weights) != len(a.reg_layers):
             raise UserError(f"--reg_weights has {len(a.reg_weights)} values but --reg_layers has {len(a.reg_layers)}")
-        model = PatchGuardConfig(backbone=a.backbone, image_size=a.image_size, patch_size=a.patch_size,
+        model = PatchGuardConfig(backbone=backbone_for(a.backbone, a.backbone_weights), image_size=a.image_size,
+                                 patch_size=a.patch_size,
                                  feature_layers=tuple(a.feature_layers), reg_layers=tuple(a.reg_layers),
                                  hidden_dim=a.hidden_dim, dsc_layers=a.dsc_layers, dsc_heads=a.dsc_heads,
                                  **readout_given(a))

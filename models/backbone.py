@@ -5,6 +5,7 @@ Attention maps come from forward hooks on `attn_drop`, with timm's fused kernel 
 hooked blocks and only while recording, so attacks and evaluation keep the fast path.
 """
 import contextlib
+import logging
 import os
 import socket
 from typing import Iterator, List, Optional, Sequence
@@ -15,6 +16,7 @@ import torch.nn as nn
 
 from utils.errors import UserError
 
+log = logging.getLogger("patchguard")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -53,8 +55,12 @@ def _require_network(name: str, host: str = "huggingface.co", timeout: float = 3
         ) from None
 
 
-def load_backbone_weights(model: nn.Module, path: str) -> None:
-    """Load a local timm/DINOv2 state dict into `model`, resampling position embeddings when sizes differ."""
+DEFAULT_BACKBONE = "vit_small_patch14_dinov2"  # the official architecture
+WIDTHS = {384: "small", 768: "base", 1024: "large", 1536: "giant"}
+
+
+def read_weights(path: str) -> dict:
+    """A local timm / DINO / DINOv2 state dict, wrappers ("state_dict", "model", "module.") removed."""
     if not os.path.isfile(path):
         raise UserError(f"backbone weights file not found: {path}")
     try:
@@ -68,16 +74,50 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k.removeprefix("module.").removeprefix("feature_extractor.pretrained_model."): v for k, v in state.items()}
+    if not isinstance(state, dict):
+        raise UserError(f"backbone weights {path} hold no state dict")
+    return {k.removeprefix("module.").removeprefix("feature_extractor.pretrained_model."): v for k, v in state.items()}
+
+
+def architecture_of(state: dict) -> Optional[str]:
+    """The timm ViT a DINO (v1) or DINOv2 state dict fits, from its patch size, width, LayerScale and register
+    keys (None when it is not one of those)."""
+    proj = state.get("patch_embed.proj.weight")
+    if proj is None or proj.dim() != 4 or int(proj.shape[0]) not in WIDTHS:
+        return None
+    size, patch = WIDTHS[int(proj.shape[0])], int(proj.shape[-1])
+    if any(".ls1." in k for k in state):  # LayerScale: DINOv2
+        registers = "register_tokens" in state or "reg_token" in state
+        name = f"vit_{size}_patch{patch}_{'reg4_' if registers else ''}dinov2"
+    else:
+        name = f"vit_{size}_patch{patch}_224"
+    return name if timm.is_model(name) else None
+
+
+def backbone_for(given: Optional[str], weights: Optional[str]) -> str:
+    """--backbone as given; else the architecture of --backbone_weights (DINO or DINOv2 layout); else the default."""
+    if given:
+        return given
+    if weights and weights != "hub":
+        return architecture_of(read_weights(weights)) or DEFAULT_BACKBONE
+    return DEFAULT_BACKBONE
+
+
+def load_backbone_weights(model: nn.Module, path: str) -> None:
+    """Load a local timm/DINO/DINOv2 state dict into `model`, resampling position embeddings when sizes differ."""
+    state = read_weights(path)
+    inferred = architecture_of(state)
     from timm.models.vision_transformer import checkpoint_filter_fn
     state = checkpoint_filter_fn(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head", "fc_norm"))]
     if missing or unexpected:
+        hint = f"; the file looks like {inferred}: pass --backbone {inferred}" if inferred else ""
         raise UserError(
             f"backbone weights {path} do not fit this architecture: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}){hint}"
         )
+    log.info("backbone weights %s loaded%s", path, f" (a {inferred} state dict)" if inferred else "")
 
 
 class FeatureExtractor(nn.Module):

@@ -40,6 +40,27 @@ def test_cut_and_paste_points_follow_the_saliency():
     assert uniform < 40
 
 
+def test_cut_and_paste_cuts_where_the_saliency_is_high():
+    """Rotation and jitter off: the pasted pixels are a verbatim copy of the source rectangle, which is found in
+    the original image; its centre lies in the salient region."""
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # every window unique
+    saliency = np.zeros((8, 8), np.float32)
+    saliency[:3, :3] = 1.0                       # top-left 3x3 patches: 14% of the image
+    generator = AttentionCutPaste(CutPasteRanges(area=(0.01, 0.02), rotation=0, jitter=0))
+    inside = 0
+    for seed in range(40):
+        out, mask = generator(image, saliency, np.random.default_rng(seed))
+        ys, xs = np.nonzero(mask)
+        y0, x0, h, w = ys.min(), xs.min(), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        pasted = out[y0:y0 + h, x0:x0 + w]
+        sources = [(y, x) for y in range(64 - h + 1) for x in range(64 - w + 1)
+                   if (image[y:y + h, x:x + w] == pasted).all()]
+        assert len(sources) == 1
+        y, x = sources[0]
+        inside += y + h / 2 < 28 and x + w / 2 < 28   # the source centre near the salient corner
+    assert inside >= 36
+
+
 def test_cut_and_paste_masks_and_patch_labels_agree():
     image = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     generator = AttentionCutPaste()
@@ -51,25 +72,30 @@ def test_cut_and_paste_masks_and_patch_labels_agree():
         assert (labels == mask.reshape(6, 8, 6, 8).any(axis=(1, 3))).all()
 
 
-def explicit_cls_attention(model: CaSA, images: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) computed by hand from each map layer's input, CLS row, patch columns."""
+def explicit_attention(model: CaSA, images: torch.Tensor, layers) -> list:
+    """softmax(q k^T / sqrt(d)) computed by hand from the input of each 1-based block in `layers`: (B, H, T, T)."""
     vit = model.feature_extractor.pretrained_model
     inputs = {}
     hooks = [vit.blocks[i - 1].register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
-             for i in model.cfg.map_layers]
+             for i in layers]
     with torch.no_grad():
         vit.forward_features(model.feature_extractor.normalize(images))
     for h in hooks:
         h.remove()
     out = []
-    for i in model.cfg.map_layers:
+    for i in layers:
         attn = vit.blocks[i - 1].attn
         x = vit.blocks[i - 1].norm1(inputs[i])
         b, t, c = x.shape
         q, k, _ = attn.qkv(x).reshape(b, t, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-2, -1) / (c // attn.num_heads) ** 0.5, dim=-1)
-        out.append(weights[:, :, 0, vit.num_prefix_tokens:])
-    return torch.stack(out, dim=1)                # (B, L, H, N)
+        out.append(torch.softmax(q @ k.transpose(-2, -1) / (c // attn.num_heads) ** 0.5, dim=-1))
+    return out
+
+
+def explicit_cls_attention(model: CaSA, images: torch.Tensor) -> torch.Tensor:
+    """The CLS row's patch columns of the hand-computed attention of the map layers: (B, L, H, N)."""
+    p = model.feature_extractor.num_prefix_tokens
+    return torch.stack([a[:, :, 0, p:] for a in explicit_attention(model, images, model.cfg.map_layers)], dim=1)
 
 
 def test_map_is_a_non_negative_combination_of_real_attention_maps():
@@ -100,8 +126,10 @@ def test_entropy_statistics_are_the_per_class_moments():
     normal, pseudo = torch.rand(5, 3, 32, 32), torch.rand(5, 3, 32, 32)
     batches = [{"image": normal[:3], "pseudo": pseudo[:3]}, {"image": normal[3:], "pseudo": pseudo[3:]}]
     fit_entropy_statistics(model, batches, torch.device("cpu"))
+    depth = model.feature_extractor.depth
     for c, images in enumerate((normal, pseudo)):
-        per_image = np.stack([model.forward_with_entropy(images[i:i + 1])[1][0].detach().numpy() for i in range(5)])
+        maps = explicit_attention(model, images, range(1, depth + 1))     # every block, by hand
+        per_image = torch.stack([-(a * a.log()).sum(-1).mean(-1) for a in maps], dim=1).detach().numpy()
         np.testing.assert_allclose(model.entropy_mean[c].numpy(), per_image.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(model.entropy_var[c].numpy(), ((per_image - per_image.mean(0)) ** 2).mean(0),
                                    rtol=1e-4, atol=1e-8)
@@ -194,6 +222,21 @@ def test_adaptive_attack_hurts_the_adapted_model_at_least_as_much_as_the_unaware
     assert on_adapted[2] >= on_adapted[1] > on_adapted[0]
 
 
+def test_moment_objective_hand_values_for_both_classes():
+    """One block, one head. Predicted normal (logit <= 0): entropies 1, 3 (mean 2, variance 1) against stored
+    mean 1, variance 4: |2 - 1| / 2 + |1 - 4| / 4 = 1.25. Predicted anomalous: 0, 0, 3 (mean 1, variance 2)
+    against 2, 1: |1 - 2| / 1 + |2 - 1| / 1 = 2. Weighted by class share: 1.25 * 2/5 + 2 * 3/5 = 1.7."""
+    from types import SimpleNamespace
+    stored = SimpleNamespace(entropy_mean=torch.tensor([1.0, 2.0]).view(2, 1, 1),
+                             entropy_var=torch.tensor([4.0, 1.0]).view(2, 1, 1))
+    outputs = torch.tensor([[-1.0], [0.5], [-2.0], [3.0], [1.0]])
+    entropy = torch.tensor([1.0, 0.0, 3.0, 0.0, 3.0]).view(5, 1, 1)
+    assert float(moment_objective(stored, outputs, entropy)) == pytest.approx(1.7)
+    # a single image of a class: its mean term only (no variance of one value): |3 - 2| / 1, all weight on it
+    assert float(moment_objective(stored, torch.tensor([[1.0]]), torch.tensor([3.0]).view(1, 1, 1))) == \
+        pytest.approx(1.0)
+
+
 def test_moment_objective_is_zero_at_the_stored_statistics(casa_with_statistics):
     model = casa_with_statistics
     outputs = torch.tensor([[-1.0] + [0.0] * 16] * 3)           # all predicted normal
@@ -244,6 +287,19 @@ def test_casa_end_to_end_on_mpdd_and_checkpoint_rebuilds_itself(tmp_path):
         for metric in ("image_auroc", "pixel_auroc", "aupro"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-6), (setting_label(a), metric)
     assert abs(results["with"][1]["image_auroc"] - plain[0]["image_auroc"]) > 1e-3  # and TTA did change scores
+
+    # the joint objective barely attacks the map; the map objective does, and the min row takes the worst
+    test[test.index("--output_dir") + 1] = str(tmp_path / "off")
+    assert cli.main([*test, "--tta", "off", "--epsilon_test", "8", "--attack_objective", "joint", "image", "map"]) == 0
+    settings = json.loads((tmp_path / "off" / "metrics.json").read_text())["settings"]
+    rows = {s.get("objective"): s for s in settings if s["eps_255"] == 8}
+    assert set(rows) == {None, "joint", "image", "map", "min"}  # None: the earlier run's default (joint) row
+    assert rows["map"]["pixel_auroc"] < settings[0]["pixel_auroc"] - 0.02 and settings[0]["attack"] == "none"
+    assert rows["map"]["pixel_auroc"] < rows["image"]["pixel_auroc"]
+    assert rows["joint"]["pixel_auroc"] == pytest.approx(rows[None]["pixel_auroc"], abs=1e-6)
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        assert rows["min"][metric] == min(rows[o][metric] for o in ("joint", "image", "map"))
+    assert "[map objective]" in (tmp_path / "off" / "log.txt").read_text()
 
 
 def test_seed_summary_gives_mean_and_std(tmp_path):

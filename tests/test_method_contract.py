@@ -94,3 +94,20 @@ def test_a_third_method_runs_train_test_and_pictures_through_the_engine(tmp_path
     assert len(clean) == 1 and clean[0]["image_auroc"] == settings[0]["image_auroc"]
     assert cli.main(["--mode", "visualization", *args]) == 0
     assert len(list((out / "visualization").glob("*.png"))) == 3
+
+
+def test_a_checkpoint_of_another_method_is_refused_in_one_line(tmp_path, demo_root, capsys):
+    import os
+
+    from tests.conftest import FIXTURE
+    from tests.test_cli import one_line_error
+    from tests.test_legacy import LEGACY
+    base = ["--mode", "test", "--dataset", "demo", "--class_name", "widget", "--dataset_dir", demo_root,
+            "--output_dir", str(tmp_path), "--device", "cpu", "--no_adv_test", "--no_tqdm"]
+    one_line_error(capsys, cli.main([*base, "--checkpoint", os.path.join(LEGACY, "casa.pth")]),
+                   "holds a casa model but the run asks for --method patchguard; pass --method casa")
+    if os.path.isdir(FIXTURE):
+        one_line_error(capsys, cli.main([*base, "--method", "casa", "--checkpoint",
+                                         os.path.join(FIXTURE, "patchguard_tiny.pth")]),
+                       "is a patchguard state dict but the run asks for --method casa; pass --method patchguard")
+    assert not (tmp_path / "metrics.json").exists()

@@ -80,3 +80,32 @@ def test_image_score_is_mean_of_top3():
     model = PatchGuard.__new__(PatchGuard)
     model.cfg = tiny_model_config()
     assert PatchGuard.image_scores(model, logits).item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("layout,arch", [("dino", "vit_small_patch16_224"), ("dinov2", "vit_small_patch14_dinov2")])
+def test_backbone_architecture_comes_from_dino_and_dinov2_weight_files(tmp_path, layout, arch):
+    """Files in the original releases' key layouts (random values): DINO v1 (timm's names, no LayerScale) and
+    DINOv2 (LayerScale `ls1.gamma`, a `mask_token`, 518 px position embeddings)."""
+    import timm
+
+    from config import parse_config
+    from methods import get_method
+    from utils.errors import UserError
+    source = timm.create_model(arch, pretrained=False, num_classes=0)
+    state = {k: torch.randn_like(v) for k, v in source.state_dict().items()}
+    if layout == "dinov2":
+        state["mask_token"] = torch.zeros(1, source.embed_dim)
+    path = str(tmp_path / f"{layout}.pth")
+    torch.save({"model": state} if layout == "dino" else state, path)
+    base = ["--dataset", "demo", "--class_name", "w", "--dataset_dir", "d", "--image_size", "112",
+            "--backbone_weights", path, "--feature_layers", "12"]
+    for method in ("patchguard", "casa"):
+        cfg = parse_config(["--method", method, *base])
+        assert cfg.method_options.model.backbone == arch
+        model = get_method(method).build_model(cfg.method_options.model, path)
+        loaded = model.feature_extractor.pretrained_model.state_dict()
+        assert torch.equal(loaded["blocks.3.attn.qkv.weight"], state["blocks.3.attn.qkv.weight"])
+    other = "vit_small_patch14_dinov2" if layout == "dino" else "vit_small_patch16_224"
+    cfg = parse_config(["--backbone", other, *base])
+    with pytest.raises(UserError, match=f"looks like {arch}: pass --backbone {arch}"):
+        get_method("patchguard").build_model(cfg.method_options.model, path)
