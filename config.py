@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from <checkpoint_dir>/patchguard_<dataset>_<class>_last.pth")
     g.add_argument("--overwrite", action="store_true",
-                   help="train from scratch even where a previous run left checkpoints (they are replaced)")
+                   help="train from scratch even where a previous run left checkpoints or results, and test over "
+                        "another checkpoint's metrics.json (they are replaced)")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--no_adv_test", action="store_false", dest="adv_test")

@@ -29,7 +29,7 @@ def run_class(cfg) -> dict:
         log.info("--compile: %s", "attacks evaluate the model through torch.compile" if method.compilable else
                  f"{method.eager_reason}: attacks run eagerly")
     results = {}
-    if cfg.mode == "foreground":
+    if cfg.mode == "foreground" and is_main():
         run_foreground_report(cfg)
     if cfg.mode in ("train", "all"):
         run_train(cfg)  # refuses before writing anything where a previous run's model lies
@@ -56,8 +56,10 @@ def run(cfg) -> None:
     if cfg.mode == "seeds":
         from engine.common import setup_logging
         from engine.summary import summarize_seeds
-        setup_logging(cfg.output_dir)
-        summarize_seeds(cfg.run_dirs, cfg.output_dir)
+        from utils.distributed import is_main
+        if is_main():  # a summary of finished runs: one process writes it
+            setup_logging(cfg.output_dir)
+            summarize_seeds(cfg.run_dirs, cfg.output_dir)
         return
     if cfg.data.class_name != "all":
         run_class(cfg)
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
         from config import parse_config
         from utils.distributed import init_from_env
         cfg = parse_config(argv)
-        init_from_env(cfg.device)  # torchrun: one process per device
+        init_from_env(cfg.device, cfg.devices)  # torchrun: one process per device
         run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from engine.loading import checkpoint_path, load_for_evaluation
 from engine.reporting import format_table, save_sweep_plots, setting_label
 from engine.scoring import make_attack, score_loader
 from utils.distributed import gather_in_order, is_main, rank, world_size
+from utils.errors import UserError
 from utils.io import ensure_writable_dir, write_json
 from utils.metrics import evaluate
 from utils.readout import READOUT_KEYS
@@ -95,15 +96,21 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def finished_settings(metrics_path: str, digest: str) -> list:
-    """Settings already in metrics.json for the same checkpoint file (by content), else none."""
+def finished_settings(metrics_path: str, digest: str, overwrite: bool) -> list:
+    """Settings already in metrics.json for the same checkpoint file (by content). Results of another checkpoint
+    are never replaced silently: refused unless --overwrite."""
     try:
         with open(metrics_path) as f:
             old = json.load(f)
     except (OSError, ValueError):
         return []
-    if not isinstance(old, dict) or old.get("checkpoint_sha256") != digest:
+    if not isinstance(old, dict):
         return []
+    if old.get("checkpoint_sha256") != digest:
+        if overwrite or "checkpoint_sha256" not in old:
+            return []
+        raise UserError(f"{metrics_path} holds the results of another checkpoint ({old.get('checkpoint')}); test "
+                        f"into a new --output_dir, or replace them with --overwrite")
     return [s for s in old.get("settings", []) if isinstance(s, dict) and "key" in s]
 
 
@@ -122,7 +129,8 @@ def run_test(cfg: RunConfig) -> dict:
              "" if dataset.has_masks else "; no pixel masks: image metrics only")
     metrics_path = os.path.join(cfg.output_dir, "metrics.json")
     digest = file_digest(path)
-    done = [] if cfg.eval.recompute else finished_settings(metrics_path, digest)
+    done = finished_settings(metrics_path, digest, cfg.train.overwrite)
+    done = [] if cfg.eval.recompute else done
     results = {"checkpoint": os.path.abspath(path), "checkpoint_sha256": digest, "method": method.name,
                "dataset": cfg.data.dataset, "class_name": cfg.data.class_name, "num_images": len(dataset),
                "num_anomalous": n_anom, "attack_target": cfg.eval.attack_target, "settings": list(done)}

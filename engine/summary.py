@@ -122,6 +122,8 @@ def summarize_seeds(run_dirs, out_dir: str) -> str:
                 runs.append(json.load(f))
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path}: {e}") from None
+        if not isinstance(runs[-1], dict):
+            raise UserError(f"{path} is not a run's metrics.json (expected a JSON object)")
     values = {}
     for r in runs:
         for s in r.get("settings", []):
@@ -161,8 +163,12 @@ def check_only_seed_differs(run_dirs) -> None:
     for d in run_dirs:
         path = os.path.join(d, "config.json")
         if os.path.isfile(path):
-            with open(path) as f:
-                configs[d] = flat(json.load(f))
+            try:
+                with open(path) as f:
+                    configs[d] = flat(json.load(f))
+            except (OSError, ValueError, AttributeError) as e:
+                raise UserError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                                f"(expected the run's own config.json)") from None
     if len(configs) > 1:
         first, *rest = configs.items()
         differing = sorted({k for _, c in rest for k in set(c) | set(first[1]) if c.get(k) != first[1].get(k)})

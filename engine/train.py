@@ -3,6 +3,7 @@ generator's per-epoch hook from datasets/generators.py): pseudo-anomalies made i
 guard, resumable and interrupt-safe checkpoints."""
 import csv
 import dataclasses
+import json
 import math
 import os
 import time
@@ -24,13 +25,26 @@ from utils.seed import rng_state, seed_everything, set_rng_state
 
 
 def refuse_to_overwrite(cfg: RunConfig) -> None:
-    """A new training run never replaces another run's checkpoints unless asked (--resume or --overwrite)."""
+    """A new training run never replaces another run's checkpoints or record (config.json, metrics.json) unless
+    asked (--resume or --overwrite), whichever method made them."""
     if cfg.train.resume or cfg.train.overwrite:
         return
     for path, what in ((cfg.final_checkpoint, "a finished model"), (cfg.last_checkpoint, "an unfinished run")):
         if os.path.exists(path):
             raise UserError(f"{path} holds {what}; continue it with --resume, train into a new --output_dir, "
                             f"or replace it with --overwrite")
+    record = os.path.join(cfg.output_dir, "config.json")
+    if not os.path.exists(record):
+        return
+    try:
+        with open(record) as f:
+            other = json.load(f).get("method", "patchguard")
+    except (OSError, ValueError, AttributeError):
+        other = "unknown"
+    if other != cfg.method or os.path.exists(os.path.join(cfg.output_dir, "metrics.json")):
+        raise UserError(f"{cfg.output_dir} holds the record of a {other} run (config.json"
+                        f"{', metrics.json' if os.path.exists(os.path.join(cfg.output_dir, 'metrics.json')) else ''}); "
+                        f"train into a new --output_dir, or replace it with --overwrite")
 
 
 def run_train(cfg: RunConfig) -> str:
@@ -67,10 +81,10 @@ def run_train(cfg: RunConfig) -> str:
             dataset.set_saliency(ckpt["saliency"].numpy())
         start_epoch = ckpt["epoch"] + 1
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
-    log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name,
-             type(model).__name__, model.cfg.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
-    if t.adv_train:
-        log.info("training attack: %r", training_attack(model, t, method.attack_loss))
+    log.info("%s model: %s at %dpx, %d patches, %.1fM parameters; device %s", method.name, type(model).__name__,
+             model.cfg.image_size, model.num_patches, sum(p.numel() for p in model.parameters()) / 1e6, device)
+    if t.adv_train:  # after a resume: the attack training goes on with (PGD if the guard switched to it)
+        log.info("training attack: %r", training_attack(model, cfg.train, method.attack_loss))
     else:
         log.info("training attack: none (clean training: the method's default, --no_adv_train, --step_train 0 "
                  "or --epsilon_train 0)")

@@ -78,6 +78,6 @@ def test_class_all_on_several_devices_runs_one_process_per_class(tmp_path, demo_
             "--num_visualization", "1", "--devices", "0", "1")
     lines = (out / "summary.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["bottle", "screw", "mean"]
-    for name in ("bottle", "screw"):
-        assert "class bottle on device 0" in (out / "log.txt").read_text()
+    for name, device in (("bottle", 0), ("screw", 1)):
+        assert f"class {name} on device {device}" in (out / "log.txt").read_text()
         assert (out / name / "metrics.json").exists() and (out / name / "launch.log").exists()

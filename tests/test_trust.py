@@ -226,6 +226,41 @@ def test_foreground_download_adds_missing_masks_and_keeps_the_users(tmp_path, mo
     assert (dest / "000.png").read_bytes() == b"official 0"
 
 
+def test_single_step_training_switches_to_pgd_when_the_single_step_finds_nothing(tmp_path, demo_root, monkeypatch):
+    """The guard fires when PGD-10 gains and the single step does not (here: a single step that returns its
+    input): the decision, the switch in the loop, the flag in _last.pth, and a resume that keeps PGD."""
+    from attacks.fgsm import FGSMRS
+    from attacks.pgd import PGD
+    monkeypatch.setattr(FGSMRS, "_run", lambda self, x0, start, labels: (x0.clone(), torch.zeros(len(x0), dtype=bool)))
+    used = []
+    real_pgd_run = PGD._run
+
+    def counting_pgd(self, *a):
+        used.append(self.model_mode)   # training attacks run in train mode, the guard's PGD-10 in eval mode
+        return real_pgd_run(self, *a)
+    monkeypatch.setattr(PGD, "_run", counting_pgd)
+    loop = tmp_path / "loop"
+    assert run("--mode", "train", *demo_args(demo_root, loop, "--train_attack", "fgsm_rs", "--co_every", "1",
+                                             "--epochs", "2")) == 0
+    log = (loop / "log.txt").read_text()
+    assert "catastrophic overfitting at epoch 1" in log and "training goes on with PGD-1" in log
+    row = (loop / "robustness.csv").read_text().strip().splitlines()[1].split(",")
+    assert float(row[2]) == float(row[1]) and float(row[3]) > float(row[1])  # single step: no gain; PGD: a gain
+    assert used.count("train") == 4 and used.count("eval") == 1  # epoch 2: 4 PGD steps; one check, then no more
+    used.clear()
+    out = tmp_path / "run"
+    args = demo_args(demo_root, out, "--train_attack", "fgsm_rs", "--co_every", "1")
+    assert run("--mode", "train", *args, "--epochs", "1") == 0
+    assert used.count("train") == 0                                           # epoch 1 trained with FGSM-RS
+    last = torch.load(out / "checkpoints" / "patchguard_demo_widget_last.pth", weights_only=False)
+    assert last["switched_to_pgd"] is True
+    os.remove(out / "checkpoints" / "patchguard_demo_widget.pth")
+    used.clear()
+    assert run("--mode", "train", *args, "--epochs", "2", "--resume", "--no_co_guard") == 0
+    assert used.count("train") == 4                                           # epoch 2: 4 PGD training steps
+    assert "training attack: PGD(eps=8/255, steps=1" in (out / "log.txt").read_text().split("resumed from")[-1]
+
+
 def test_single_step_training_watches_pgd_and_can_switch(tmp_path, demo_root):
     from config import parse_config
     from engine.train import switch_to_pgd
@@ -239,3 +274,67 @@ def test_single_step_training_watches_pgd_and_can_switch(tmp_path, demo_root):
     cfg = parse_config(demo_args(demo_root, out, "--train_attack", "fgsm_rs", "--step_train", "0"))
     assert cfg.train.adv_train and switch_to_pgd(cfg).train.train_attack == "pgd"
     assert switch_to_pgd(cfg).train.step_train == 1
+
+
+def test_bad_tta_options_are_refused_before_training(tmp_path, demo_root, capsys):
+    for option, value, message in (("--tta_lr", "-1", "--tta_lr must be positive"),
+                                   ("--tta_steps", "0", "--tta_steps must be >= 1")):
+        one_line_error(capsys, run("--mode", "all", "--method", "casa", *demo_args(demo_root, tmp_path / "o"),
+                                   option, value), message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_seed_summary_over_a_broken_config_json_is_one_line(tmp_path, capsys):
+    for seed in (0, 1):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "metrics.json").write_text(json.dumps({"settings": []}))
+        (tmp_path / f"s{seed}" / "config.json").write_text("{not json" if seed else json.dumps({"seed": 0}))
+    one_line_error(capsys, run("--mode", "seeds", "--run_dirs", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                               "--output_dir", str(tmp_path / "o")), r"cannot read .*s1/config.json")
+
+
+def test_torchrun_launch_mistakes_are_one_line(tmp_path, demo_root, capsys, monkeypatch):
+    """The GPU cases with torch.cuda mocked: no GPU here."""
+    base = ["--mode", "train", *demo_args(demo_root, tmp_path / "o")]
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    one_line_error(capsys, run(*base), "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT not: start the job "
+                                       "with torchrun")
+    for var, value in (("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29599"), ("LOCAL_RANK", "1"),
+                       ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    one_line_error(capsys, run(*[a for a in base if a != "cpu" and a != "--device"]),
+                   "started 2 processes on this node but it has 1 GPU.*--nproc_per_node 1")
+    one_line_error(capsys, run("--mode", "train", "--dataset", "mvtec", "--class_name", "all", "--dataset_dir",
+                               demo_root, "--devices", "0", "1"), "--devices starts one process per GPU itself")
+    assert not (tmp_path / "o").exists()
+
+
+def test_seeds_and_foreground_modes_run_on_rank_0_only(tmp_path, demo_root, monkeypatch):
+    import utils.distributed
+    (tmp_path / "s0").mkdir()
+    (tmp_path / "s0" / "metrics.json").write_text(json.dumps({"settings": []}))
+    monkeypatch.setattr(utils.distributed, "is_main", lambda: False)
+    assert run("--mode", "seeds", "--run_dirs", str(tmp_path / "s0"), "--output_dir", str(tmp_path / "o")) == 0
+    assert run("--mode", "foreground", *demo_args(demo_root, tmp_path / "f")) == 0
+    assert not (tmp_path / "o" / "seeds.md").exists() and not (tmp_path / "f" / "foreground").exists()
+
+
+def test_a_second_method_never_replaces_a_finished_runs_record(finished_run, demo_root, capsys):
+    assert run("--mode", "test", *demo_args(demo_root, finished_run, "--step_test", "1")) == 0
+    before = {name: (finished_run / name).read_bytes() for name in ("config.json", "metrics.json")}
+    one_line_error(capsys, run("--mode", "train", "--method", "casa", *demo_args(demo_root, finished_run, "--epochs",
+                                                                                  "1")),
+                   r"holds the record of a patchguard run \(config.json, metrics.json\).*--overwrite")
+    other = finished_run.parent / "other.pth"
+    shutil.copy(finished_run / "checkpoints" / "patchguard_demo_widget.pth", other)
+    with torch.no_grad():  # a different checkpoint: other weights
+        ckpt = torch.load(other, weights_only=False)
+        ckpt["model"]["discriminator.output_layer.0.bias"] += 1
+        torch.save(ckpt, other)
+    one_line_error(capsys, run("--mode", "test", *demo_args(demo_root, finished_run, "--step_test", "1"),
+                               "--checkpoint", str(other)), "holds the results of another checkpoint.*--overwrite")
+    assert all((finished_run / name).read_bytes() == data for name, data in before.items())

@@ -11,13 +11,30 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from utils.errors import UserError
 
-def init_from_env(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+
+def init_from_env(device: str, devices=()) -> None:
+    """Join the torchrun job this process belongs to (no-op without one). A bad launch is a one-line error before
+    any collective. An error on one rank ends that process with exit code 2, and torchrun then stops the others
+    (its default), so no rank waits in a collective until the backend's timeout."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
         return
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} is set but {', '.join(missing)} not: start the job with "
+                        f"torchrun --nproc_per_node N main.py ... (or set RANK, MASTER_ADDR and MASTER_PORT)")
+    if devices:
+        raise UserError("--devices starts one process per GPU itself: use it without torchrun (torchrun trains one "
+                        "model on several GPUs; --devices trains several classes at once)")
     cuda = device == "cuda" and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= count:
+            raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} processes on "
+                            f"this node but it has {count} GPU(s): use --nproc_per_node {count} or fewer")
+        torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo")
 
 
