@@ -81,3 +81,56 @@ def test_class_all_on_several_devices_runs_one_process_per_class(tmp_path, demo_
     for name, device in (("bottle", 0), ("screw", 1)):
         assert f"class {name} on device {device}" in (out / "log.txt").read_text()
         assert (out / name / "metrics.json").exists() and (out / name / "launch.log").exists()
+
+
+def _rank_step(rank: int, store: str, out: str) -> None:
+    """One rank of two: its shard's loss, gradients averaged by GradientAveraging, one SGD step."""
+    import torch.distributed as dist
+
+    from utils.distributed import GradientAveraging, ShardedShuffle
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model, images, labels = _tiny_problem()
+        shard = list(ShardedShuffle(len(images), seed=0, epoch=0))
+        optimizer = GradientAveraging(torch.optim.SGD(model.parameters(), lr=0.1))
+        _loss(model, images[shard], labels[shard]).backward()
+        optimizer.step()
+        torch.save({"grads": {n: p.grad for n, p in model.named_parameters()},
+                    "weights": {n: p.detach() for n, p in model.named_parameters()}}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _tiny_problem():
+    from models.patchguard import PatchGuard, PatchGuardConfig
+    torch.manual_seed(0)
+    model = PatchGuard(PatchGuardConfig(backbone="test_vit", image_size=32, patch_size=8, feature_layers=(2,),
+                                        reg_layers=(2,), hidden_dim=32)).eval()   # dropout off
+    images, labels = torch.rand(8, 3, 32, 32), (torch.rand(8, 16) > 0.7).float()
+    return model, images, labels
+
+
+def _loss(model, images, labels):
+    from losses.patchguard_loss import patchguard_loss
+    logits, maps = model.forward_with_attention(images)
+    return patchguard_loss(logits, labels, maps, (0.05,))
+
+
+def test_two_ranks_average_gradients_exactly_like_one_process_on_the_whole_batch(tmp_path):
+    """The mean of the two shards' gradients = the whole batch's gradient (to 1e-6), and one SGD step gives the
+    same weights: a sum instead of a mean, or a missing all-reduce, fails here."""
+    import torch.multiprocessing as mp
+    mp.spawn(_rank_step, args=(str(tmp_path / "store"), str(tmp_path / "rank")), nprocs=2, join=True)
+    model, images, labels = _tiny_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _loss(model, images, labels).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank.{rank}", weights_only=True)
+        assert {n for n, g in got["grads"].items() if g is not None} == set(grads)
+        for name, p in model.named_parameters():
+            if name in grads:
+                torch.testing.assert_close(got["grads"][name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
+            torch.testing.assert_close(got["weights"][name], p.detach(), atol=1e-6, rtol=1e-5, msg=name)
