@@ -12,6 +12,7 @@ from methods import METHODS, get_method
 from utils.config_file import config_file_defaults
 from utils.distributed import default_workers
 from utils.errors import UserError
+from utils.precision import PRECISIONS, resolve_precision
 from utils.readout import READOUT_KEYS
 
 MODES = ("train", "test", "visualization", "all", "foreground", "predict", "seeds")
@@ -90,7 +91,8 @@ class RunConfig:
     checkpoint_dir: Optional[str]     # None: <output_dir>/checkpoints
     checkpoint: Optional[str]
     device: str
-    bf16: bool
+    precision: str                    # what runs (fp32 or bf16), decided from --precision and the hardware
+    precision_reason: str
     seed: int
     tqdm: bool
     compile: bool = False
@@ -101,6 +103,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
     g.add_argument("--devices", type=int, nargs="+", default=[],
                    help="--class_name all: run one class per listed GPU at a time, each in its own process")
-    g.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast of the model's matrix products (CUDA, or CPUs with AMX / AVX-512 bf16); "
-                        "attack steps and projections stay fp32")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 autocast of the model's matrix products where the hardware has native bf16 (CUDA "
+                        "compute capability >= 8, CPUs with AMX / AVX-512 bf16), else fp32; auto picks bf16 there. "
+                        "Attack steps and projections stay fp32")
+    g.add_argument("--bf16", action="store_const", const="bf16", dest="precision", help="--precision bf16")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward/backward inside attacks (training and test); the first "
                         "batch of each shape pays the compile (about a minute); PatchGuard only")
@@ -301,10 +309,12 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     method = get_method(a.method)
     generator = get_generator(a.pseudo_anomaly or method.generator_default)
     adv_train = method.adv_train_default if a.adv_train is None else a.adv_train
+    precision, precision_reason = resolve_precision(a.precision, a.device)
     return RunConfig(
         mode=a.mode, method=method.name, method_options=method.options(a),
         output_dir=a.output_dir or os.path.join("runs", a.dataset, "" if a.class_name == "all" else a.class_name),
-        checkpoint_dir=a.checkpoint_dir, checkpoint=a.checkpoint, device=a.device, bf16=a.bf16, compile=a.compile,
+        checkpoint_dir=a.checkpoint_dir, checkpoint=a.checkpoint, device=a.device, precision=precision,
+        precision_reason=precision_reason, compile=a.compile,
         seed=a.seed, tqdm=a.tqdm, use_data_prep=a.use_data_prep, use_weight_prep=a.use_weight_prep,
         run_dirs=tuple(a.run_dirs), devices=tuple(a.devices),
         data=DataConfig(dataset=a.dataset, class_name=a.class_name, dataset_dir=a.dataset_dir,

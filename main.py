@@ -15,15 +15,12 @@ def run_class(cfg) -> dict:
     from engine.visualize import run_visualization
     from methods import get_method
     from utils.distributed import is_main
-    from utils.precision import bf16_applies
     from utils.io import ensure_writable_dir
 
     ensure_writable_dir(cfg.output_dir)
     setup_logging(cfg.output_dir)
     device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
-    if cfg.bf16 and not bf16_applies(device, True):
-        log.info("--bf16: this CPU has no native bf16 (AMX / AVX-512 bf16): running in fp32")
-    log.info("precision: %s on %s", "bf16 autocast" if bf16_applies(device, cfg.bf16) else "fp32", device)
+    log.info("precision: %s on %s (%s)", "bf16 autocast" if cfg.bf16 else "fp32", device, cfg.precision_reason)
     if cfg.compile:
         method = get_method(cfg.method)
         log.info("--compile: %s", "attacks evaluate the model through torch.compile" if method.compilable else

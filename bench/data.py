@@ -38,7 +38,7 @@ def main() -> None:
     cfg = parse_config(["--dataset", a.dataset, "--class_name", a.class_name, "--dataset_dir", a.dataset_dir,
                         "--image_size", str(a.image_size), "--pseudo_anomaly", a.pseudo_anomaly,
                         "--output_dir", "/tmp/patchguard-bench"])
-    dataset = train_dataset(cfg, a.patch_size)
+    dataset = train_dataset(cfg, a.image_size, a.patch_size)
     n = len(dataset)
     print(f"{a.dataset}/{a.class_name}: {n} training images at {a.image_size}px, batch {a.batch_size}, "
           f"{a.pseudo_anomaly} pseudo-anomalies, {os.cpu_count()} CPUs here")

@@ -1,7 +1,7 @@
 """Seconds per training step (data loading and pseudo-anomalies included) and per PGD evaluation batch.
 
     python bench/speed.py --backbone vit_small_patch14_dinov2 --image_size 112 --batch_size 8 --step_train 10
-    python bench/speed.py --device cuda --image_size 224 --batch_size 16 [--bf16] [--compile]
+    python bench/speed.py --device cuda --image_size 224 --batch_size 16 [--precision bf16] [--compile]
 
 The first (warm-up) step is reported apart: with --compile it holds the compile.
 """
@@ -17,10 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import PGD  # noqa: E402
 from datasets.assembly import train_dataset  # noqa: E402
 from engine.common import loader  # noqa: E402
-from methods.patchguard import train_step  # noqa: E402
+from methods import get_method  # noqa: E402
 from utils.distributed import ShardedShuffle  # noqa: E402
-from utils.precision import autocast, bf16_applies  # noqa: E402
-from models.patchguard import PatchGuardConfig, PatchGuard  # noqa: E402
+from utils.precision import PRECISIONS, autocast  # noqa: E402
 from config import parse_config  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed training steps / evaluation batches")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the attacks' forward/backward")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--dataset", default="mpdd")
@@ -53,17 +52,18 @@ def main() -> None:
                         "--train_batch_size", str(a.batch_size), "--step_train", str(a.step_train),
                         "--train_attack", a.train_attack,
                         "--num_workers", str(a.num_workers), "--output_dir", "/tmp/patchguard-bench"]
-                       + (["--bf16"] if a.bf16 else []) + (["--compile"] if a.compile else []))
+                       + ["--precision", a.precision] + (["--compile"] if a.compile else []))
     device = torch.device(a.device)
     torch.manual_seed(0)
-    model = PatchGuard(PatchGuardConfig(backbone=a.backbone, image_size=a.image_size)).to(device)
-    dataset = train_dataset(cfg, model.patch_size)
+    method = get_method("patchguard")
+    model = method.build_model(cfg.method_options.model).to(device)
+    dataset = train_dataset(cfg, a.image_size, model.patch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     attack = f"PGD-{a.step_train}" if a.train_attack == "pgd" else a.train_attack
-    precision = "bf16" if bf16_applies(device, a.bf16) else "fp32" + (" (no native bf16 here)" if a.bf16 else "")
-    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, "
-          f"{precision}{', compiled attacks' if a.compile else ''}, {device}, {torch.get_num_threads()} threads")
+    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, {cfg.precision} "
+          f"({cfg.precision_reason}){', compiled attacks' if a.compile else ''}, {device}, "
+          f"{torch.get_num_threads()} threads")
 
     def batches():
         epoch = 0
@@ -79,7 +79,7 @@ def main() -> None:
         batch = next(it)  # loading + pseudo-anomalies count towards the step
         while len(batch["image"]) < a.batch_size:
             batch = next(it)
-        train_step(model, batch, optimizer, cfg, device)
+        method.train_step(model, batch, optimizer, cfg, device)
         sync()
         times.append(time.perf_counter() - t0)
     report("training step", times, a.warmup)
@@ -92,7 +92,7 @@ def main() -> None:
     for i in range(a.warmup + a.steps):
         sync()
         t0 = time.perf_counter()
-        with autocast(device, a.bf16):
+        with autocast(device, cfg.bf16):
             adv = attack(x, labels)
             with torch.no_grad():
                 model(adv)

@@ -79,7 +79,7 @@ def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta, a
     d = cfg.data
     key = {"data": f"{d.dataset}/{d.class_name} at {os.path.abspath(d.dataset_dir)}", "attack": name,
            "eps_255": round(eps * 255, 6), "steps": steps,
-           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "bf16": cfg.bf16, "tta": repr(tta) if tta else None,
+           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "precision": cfg.precision, "tta": repr(tta) if tta else None,
            "evaluation": EVALUATION_VERSION}
     if name != "none":
         e = cfg.eval

@@ -105,7 +105,7 @@ def run_train(cfg: RunConfig) -> str:
         for batch in bar:
             loss = method.train_step(model, batch, step_optimizer, cfg, device)
             if not math.isfinite(loss):
-                raise UserError(f"loss became {loss} at epoch {epoch + 1}; lower --lr or try without --bf16")
+                raise UserError(f"loss became {loss} at epoch {epoch + 1}; lower --lr or try --precision fp32")
             total += loss * len(batch["image"])
             count += len(batch["image"])
             bar.set_postfix(loss=f"{loss:.3f}")

@@ -26,10 +26,10 @@ def config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     defaults = {}
     for key, value in values.items():
         action = by_dest.get(key) or by_option[key]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)):
             value = _strict_bool(value, key, path)
             if key != action.dest:  # the flag's own name: true = the flag was given
-                value = action.const if value else action.default
+                value = action.const if value else parser.get_default(action.dest)
         else:
             value = _coerce(action, value, path)
         defaults[action.dest] = value
@@ -44,7 +44,7 @@ def _strict_bool(value, key: str, where: str) -> bool:
     raise UserError(f"{where}: '{key}' must be true or false, got {value!r}")
 
 
-RUN_ONLY_KEYS = {"mode", "resume", "overwrite", "recompute", "dsc_dropout", "run_dirs", "devices",
+RUN_ONLY_KEYS = {"precision_reason", "mode", "resume", "overwrite", "recompute", "dsc_dropout", "run_dirs", "devices",
                  "use_data_prep", "use_weight_prep"}  # not carried over from a run's config.json
 RENAMED = {"attack_mode": "train_attack_mode", "map_layers": "casa_map_layers", "head_hidden": "casa_head_hidden",
            "score": "casa_score", "seg_loss": "casa_seg_loss", "seg_weight": "casa_seg_weight"}
