@@ -22,11 +22,79 @@ from utils.distributed import ShardedShuffle  # noqa: E402
 from utils.precision import PRECISIONS, autocast  # noqa: E402
 from config import parse_config  # noqa: E402
 
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mpdd")
+
 
 def report(what: str, times, warmup: int) -> None:
     first, timed = times[:warmup], sorted(times[warmup:])
     warm = f"; warm-up {', '.join(f'{t:.1f}' for t in first)} s" if first else ""
     print(f"{what}: median {timed[len(timed) // 2]:.3f} s/batch (min {timed[0]:.3f}, max {timed[-1]:.3f}{warm})")
+
+
+def time_steps(backbone: str, image_size: int, batch_size: int, device: str = "cpu", precision: str = "fp32",
+               compile: bool = False, steps: int = 5, warmup: int = 1, dataset_dir: str = DATA, train: bool = True,
+               step_train: int = 10, train_attack: str = "pgd", step_test: int = 10, num_workers: int = 2,
+               dataset: str = "mpdd", class_name: str = "metal_plate", report_to=None) -> dict:
+    """Median seconds per training step (data loading and pseudo-anomalies included) and per PGD evaluation batch
+    (attack + scoring forward) of our PatchGuard."""
+    cfg = parse_config(["--dataset", dataset, "--class_name", class_name, "--dataset_dir", dataset_dir,
+                        "--backbone", backbone, "--image_size", str(image_size), "--device", device,
+                        "--train_batch_size", str(batch_size), "--step_train", str(step_train),
+                        "--train_attack", train_attack, "--num_workers", str(num_workers),
+                        "--output_dir", "/tmp/patchguard-bench", "--precision", precision]
+                       + (["--compile"] if compile else [])
+                       + ([] if backbone.endswith("dinov2") else ["--feature_layers", "1", "--reg_layers", "1",
+                                                                 "--reg_weights", "0.05"]))
+    dev = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    method = get_method("patchguard")
+    model = method.build_model(cfg.method_options.model).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out = {"precision": cfg.precision, "precision_reason": cfg.precision_reason, "compiled": compile}
+    if train:
+        dataset = train_dataset(cfg, image_size, model.patch_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+
+        def batches():
+            epoch = 0
+            while True:
+                dataset.set_epoch(epoch)
+                yield from loader(dataset, batch_size, num_workers, sampler=ShardedShuffle(len(dataset), epoch, epoch))
+                epoch += 1
+        it = batches()
+        times = []
+        for _ in range(warmup + steps):
+            sync()
+            t0 = time.perf_counter()
+            batch = next(it)  # loading + pseudo-anomalies count towards the step
+            while len(batch["image"]) < batch_size:
+                batch = next(it)
+            method.train_step(model, batch, optimizer, cfg, dev)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out["train_s_per_step"] = sorted(times[warmup:])[len(times[warmup:]) // 2]
+        out["train_warmup_s"] = times[:warmup]
+        if report_to:
+            report_to("training step", times, warmup)
+    model.eval()
+    attack = PGD(model, 8 / 255, step_test, model_mode="eval", compile=compile)
+    x = torch.rand(batch_size, 3, image_size, image_size, device=dev)
+    labels = torch.zeros(batch_size, model.num_patches, device=dev)
+    times = []
+    for _ in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        with autocast(dev, cfg.bf16):
+            adv = attack(x, labels)
+            with torch.no_grad():
+                model(adv)
+        sync()
+        times.append(time.perf_counter() - t0)
+    out["eval_s_per_batch"] = sorted(times[warmup:])[len(times[warmup:]) // 2]
+    out["step_test"] = step_test
+    if report_to:
+        report_to(f"PGD-{step_test} evaluation", times, warmup)
+    return out
 
 
 def main() -> None:
@@ -45,60 +113,15 @@ def main() -> None:
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--dataset", default="mpdd")
     p.add_argument("--class_name", default="metal_plate")
-    p.add_argument("--dataset_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mpdd"))
+    p.add_argument("--dataset_dir", default=DATA)
     a = p.parse_args()
-    cfg = parse_config(["--dataset", a.dataset, "--class_name", a.class_name, "--dataset_dir", a.dataset_dir,
-                        "--backbone", a.backbone, "--image_size", str(a.image_size), "--device", a.device,
-                        "--train_batch_size", str(a.batch_size), "--step_train", str(a.step_train),
-                        "--train_attack", a.train_attack,
-                        "--num_workers", str(a.num_workers), "--output_dir", "/tmp/patchguard-bench"]
-                       + ["--precision", a.precision] + (["--compile"] if a.compile else []))
-    device = torch.device(a.device)
-    torch.manual_seed(0)
-    method = get_method("patchguard")
-    model = method.build_model(cfg.method_options.model).to(device)
-    dataset = train_dataset(cfg, a.image_size, model.patch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     attack = f"PGD-{a.step_train}" if a.train_attack == "pgd" else a.train_attack
-    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, {cfg.precision} "
-          f"({cfg.precision_reason}){', compiled attacks' if a.compile else ''}, {device}, "
-          f"{torch.get_num_threads()} threads")
-
-    def batches():
-        epoch = 0
-        while True:
-            dataset.set_epoch(epoch)
-            yield from loader(dataset, a.batch_size, a.num_workers, sampler=ShardedShuffle(len(dataset), epoch, epoch))
-            epoch += 1
-    it = batches()
-    times = []
-    for i in range(a.warmup + a.steps):
-        sync()
-        t0 = time.perf_counter()
-        batch = next(it)  # loading + pseudo-anomalies count towards the step
-        while len(batch["image"]) < a.batch_size:
-            batch = next(it)
-        method.train_step(model, batch, optimizer, cfg, device)
-        sync()
-        times.append(time.perf_counter() - t0)
-    report("training step", times, a.warmup)
-
-    model.eval()
-    attack = PGD(model, 8 / 255, a.step_test, model_mode="eval", compile=a.compile)
-    x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=device)
-    labels = torch.zeros(a.batch_size, model.num_patches, device=device)
-    times = []
-    for i in range(a.warmup + a.steps):
-        sync()
-        t0 = time.perf_counter()
-        with autocast(device, cfg.bf16):
-            adv = attack(x, labels)
-            with torch.no_grad():
-                model(adv)
-        sync()
-        times.append(time.perf_counter() - t0)
-    report(f"PGD-{a.step_test} evaluation", times, a.warmup)
+    print(f"{a.backbone} at {a.image_size}px, batch {a.batch_size}, {attack} training, --precision {a.precision}"
+          f"{', compiled attacks' if a.compile else ''}, {a.device}, {torch.get_num_threads()} threads")
+    out = time_steps(a.backbone, a.image_size, a.batch_size, a.device, a.precision, a.compile, a.steps, a.warmup,
+                     a.dataset_dir, step_train=a.step_train, train_attack=a.train_attack, step_test=a.step_test,
+                     num_workers=a.num_workers, dataset=a.dataset, class_name=a.class_name, report_to=report)
+    print(f"precision: {out['precision']} ({out['precision_reason']})")
 
 
 if __name__ == "__main__":
