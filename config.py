@@ -15,7 +15,7 @@ from utils.errors import UserError
 from utils.precision import PRECISIONS, resolve_precision
 from utils.readout import READOUT_KEYS
 
-MODES = ("train", "test", "visualization", "all", "foreground", "predict", "seeds")
+MODES = ("train", "test", "visualization", "all", "foreground", "predict", "seeds", "export")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class EvalConfig:
     smoothing_sigma: Optional[float] = None
     smoothing_radius: Optional[int] = None
     predict_dir: Optional[str] = None
+    onnx: Optional[str] = None        # --mode predict with an exported model (ONNX Runtime)
     threshold_dir: Optional[str] = None
     threshold_quantile: float = 0.99
     epsilon_visualization: float = 8 / 255
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("prediction (--mode predict)")
     g.add_argument("--predict_dir", help="folder of new images to score")
+    g.add_argument("--onnx", help="score with this exported model (--mode export) in ONNX Runtime instead of the "
+                                  "run's PyTorch model; no dataset options needed")
     g.add_argument("--threshold_dir", help="normal validation images for the decision threshold "
                                            "(default: the class's normal training images)")
     g.add_argument("--threshold_quantile", type=float, default=0.99,
@@ -288,6 +291,9 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         if len(a.run_dirs) < 1 or not a.output_dir:
             raise UserError("--mode seeds needs --run_dirs (one or more run directories) and --output_dir")
         a.class_name, a.dataset_dir = a.class_name or "seeds", a.dataset_dir or "."
+    if a.mode == "predict" and a.onnx:  # the exported model carries what it needs; outputs go to its run folder
+        a.class_name, a.dataset_dir = a.class_name or "onnx", a.dataset_dir or "."
+        a.output_dir = a.output_dir or os.path.dirname(os.path.dirname(os.path.abspath(a.onnx)))
     if a.dataset == "folder":
         if not (a.normal_dir and a.abnormal_dir):
             raise UserError("--dataset folder needs --normal_dir and --abnormal_dir")
@@ -336,7 +342,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                         epsilon_test=tuple(e / 255 for e in a.epsilon_test), step_test=tuple(a.step_test),
                         attack_target=a.attack_target, random_start=a.random_start, restarts=a.restarts,
                         recompute=a.recompute, **{k: getattr(a, k) for k in READOUT_KEYS},
-                        predict_dir=a.predict_dir, threshold_dir=a.threshold_dir,
+                        predict_dir=a.predict_dir, onnx=a.onnx, threshold_dir=a.threshold_dir,
                         threshold_quantile=a.threshold_quantile,
                         epsilon_visualization=a.epsilon_visualization / 255, step_visualization=a.step_visualization,
                         num_visualization=a.num_visualization))

@@ -36,6 +36,9 @@ def run_class(cfg) -> dict:
         run_visualization(cfg)
     if cfg.mode == "predict" and is_main():
         run_predict(cfg)
+    if cfg.mode == "export" and is_main():
+        from engine.export import run_export
+        run_export(cfg)
     log.info("run directory: %s", cfg.output_dir)
     return results
 

@@ -14,7 +14,7 @@ from datasets.assembly import test_dataset
 from engine.common import loader, log
 from engine.loading import load_for_evaluation
 from engine.scoring import make_attack, score_loader
-from utils.figures import pyplot, save_figure
+from utils.figures import FLAT_RANGE, heat_range, pyplot, save_figure
 from utils.io import atomic_write
 
 
@@ -31,18 +31,15 @@ def pick_indices(labels, n: int):
     return sorted(set(spread(anomalous, n_anom) + spread(normal, min(len(normal), n - n_anom))))
 
 
-def heat_scale(clean_maps: np.ndarray):
-    """Colour range over the whole test set: 1st to 99.9th percentile of the clean maps."""
-    lo, hi = np.percentile(clean_maps, [1, 99.9])
-    return float(lo), float(hi if hi > lo else lo + 1e-6)
-
-
 def run_visualization(cfg: RunConfig) -> str:
     method, model, device = load_for_evaluation(cfg)
     dataset = test_dataset(cfg, model.cfg.image_size, model.patch_size)
     all_batches = loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers)
     clean_all = score_loader(method, model, all_batches, device, cfg.bf16, show=False)
-    lo, hi = heat_scale(clean_all["maps"])
+    lo, hi, flat = heat_range(clean_all["maps"])  # one colour range over the test set, from the clean maps
+    if flat:
+        log.warning("flat map: the clean maps of the test set span less than %g; drawn on a fixed range, not "
+                    "stretched", FLAT_RANGE)
     indices = pick_indices([s.label for s in dataset.samples], cfg.eval.num_visualization)
     e = cfg.eval
     attack = None
@@ -63,19 +60,19 @@ def run_visualization(cfg: RunConfig) -> str:
         attacked = attack is not None and cfg.eval.attack_target in ("both", ("normal", "anomalous")[sample.label])
         save_composite(os.path.join(out_dir, name), dataset.images[i], clean_all["masks"][i], clean_all["maps"][i],
                        adv["images"][k].permute(1, 2, 0).numpy(), adv["maps"][k], (lo, hi),
-                       clean_all["scores"][i], adv["scores"][k], sample.label, attack if attacked else None)
+                       clean_all["scores"][i], adv["scores"][k], sample.label, attack if attacked else None, flat)
         entries.append({"file": name, "image": sample.image, "defect": sample.defect, "label": int(sample.label),
                         "clean_score": float(clean_all["scores"][i]),
                         "attacked_score": float(adv["scores"][k]) if attacked else None})
     described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
-    write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described)
+    write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described, flat)
     method.extra_pictures(clean_all, out_dir, cfg.seed)
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
 
 def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, clean_score, attacked_score, label,
-                   attack):
+                   attack, flat=False):
     """Image, ground truth, clean heatmap and, when `attack` is given, the attacked image and its heatmap."""
     plt = pyplot()
     lo, hi = scale
@@ -87,12 +84,12 @@ def save_composite(path, image, mask, clean_map, attacked, attacked_map, scale, 
         axes[1].contour(mask, levels=[0.5], colors="lime", linewidths=1)
     axes[1].set_title("ground truth" if mask.any() else "ground truth (none)")
     im = axes[2].imshow(clean_map, cmap="jet", vmin=lo, vmax=hi)
-    axes[2].set_title(f"clean, score {clean_score:.2f}")
+    axes[2].set_title(f"clean, score {clean_score:.2f}" + (" (flat map)" if flat else ""))
     if attack is not None:
         axes[3].imshow(np.clip(attacked, 0, 1))
         axes[3].set_title(f"{type(attack).__name__}-{attack.steps} eps {attack.eps * 255:g}/255")
         im = axes[4].imshow(attacked_map, cmap="jet", vmin=lo, vmax=hi)
-        axes[4].set_title(f"attacked, score {attacked_score:.2f}")
+        axes[4].set_title(f"attacked, score {attacked_score:.2f}" + (" (flat map)" if flat else ""))
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), fraction=0.015, pad=0.01)
@@ -103,7 +100,7 @@ def _score(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_index(path: str, entries, cfg: RunConfig, attack: str) -> None:
+def write_index(path: str, entries, cfg: RunConfig, attack: str, flat: bool = False) -> None:
     rows = "\n".join(
         f'<tr class="{"anomalous" if e["label"] else "normal"}"><td>{k}</td>'
         f'<td>{html.escape(e["defect"])}</td><td>{html.escape(os.path.basename(e["image"]))}</td>'
@@ -119,7 +116,8 @@ td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
 tr.anomalous td:nth-child(2) {{ color: #b00; }} img {{ width: min(900px, 70vw); }}
 </style></head><body>
 <h1>{html.escape(cfg.data.dataset)} / {html.escape(cfg.data.class_name)}</h1>
-<p>{len(entries)} test images; attack: {html.escape(attack)}. Heatmaps share one colour scale over the test set.</p>
+<p>{len(entries)} test images; attack: {html.escape(attack)}. Heatmaps share one colour scale over the test set.
+{"<strong>Flat map</strong>: the clean maps span almost nothing; drawn on a fixed range, not stretched." if flat else ""}</p>
 <table><thead><tr><th>#</th><th>type</th><th>file</th><th>clean score</th><th>attacked score</th><th>picture</th></tr>
 </thead><tbody>
 {rows}

@@ -9,6 +9,20 @@ def pyplot():
     return plt
 
 
+FLAT_RANGE = 1e-3  # maps spanning less than this (in their own units) are drawn as flat, not stretched
+
+
+def heat_range(maps) -> tuple:
+    """(lo, hi, flat): one colour range for a set of maps, their 1st to 99.9th percentile. Maps that span less than
+    FLAT_RANGE are flat: a fixed range of width 1 around their level, so noise is not stretched into blobs."""
+    import numpy as np
+    lo, hi = (float(v) for v in np.percentile(maps, [1, 99.9]))
+    if float(np.max(maps) - np.min(maps)) < FLAT_RANGE:
+        mid = (lo + hi) / 2
+        return mid - 0.5, mid + 0.5, True
+    return lo, max(hi, lo + 1e-6), False
+
+
 def save_figure(fig, path: str, dpi: int = 80, tight: bool = True) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None))
     pyplot().close(fig)
