@@ -1,4 +1,5 @@
-# The two commands: `make demo` (train, test clean and under attack, heatmaps on built-in data) and `make test`.
+# The two commands: `make demo` (train, test clean and under attack, heatmaps, ONNX export and report.html on
+# built-in data) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,6 +15,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) main.py --config configs/demo.json --mode all
+	$(PY) main.py --config configs/demo.json --mode export
 
 test: setup
 	$(PY) -m pytest -q tests

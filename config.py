@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple
 
 from attacks.fgsm import TRAIN_ATTACKS
 from datasets.generators import GENERATORS, ForegroundOptions, get_generator
-from datasets.registry import DATASETS
+from datasets.assembly import add_data_arguments
 from methods import METHODS, get_method
 from utils.config_file import config_file_defaults
 from utils.distributed import default_workers
@@ -173,27 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_weight_prep", action="store_true",
                    help="download the official checkpoint into --checkpoint_dir first")
 
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=tuple(DATASETS), default="mvtec")
-    g.add_argument("--class_name", default=None)
-    g.add_argument("--dataset_dir", default=None)
-    g.add_argument("--foreground_dir", help="folder of foreground masks named like the training images")
-    g.add_argument("--foreground", choices=("auto", "none"), default="auto",
-                   help="auto: foreground masks when present, else estimated offline (cached); none: whole image")
-    g.add_argument("--cache_dir", help="cache of estimated foreground masks (default $PATCHGUARD_CACHE or "
-                                       "~/.cache/patchguard; never inside the dataset)")
-    g.add_argument("--visa_split", choices=("csv", "foreground"), default="csv",
-                   help="VisA split: split_csv/1cls.csv, or the official rule (normals with a foreground mask train)")
-    g.add_argument("--nih_split", choices=("official", "random"), default="official",
-                   help="NIH: the released train_val/test lists (the paper's protocol), or a seeded split by patient")
-    g.add_argument("--on_corrupt", choices=("stop", "skip"), default="stop",
-                   help="unreadable image files: stop with an error, or skip them with a warning")
-    g.add_argument("--normal_dir", help="--dataset folder: normal images (training, and test unless --normal_test_dir)")
-    g.add_argument("--abnormal_dir", nargs="+", default=[],
-                   help="--dataset folder: one or more folders of anomalous test images")
-    g.add_argument("--mask_dir", nargs="+", default=[],
-                   help="--dataset folder: one or more folders of pixel masks named like the anomalous images")
-    g.add_argument("--normal_test_dir", help="--dataset folder: normal test images (else 20%% of --normal_dir)")
+    g = add_data_arguments(p)
     g.add_argument("--pseudo_anomaly", choices=tuple(GENERATORS),
                    help="foreground: PatchGuard's foreground-aware generator; attention: CaSA's attention-guided "
                         "cut-and-paste (default: the method's own)")

@@ -39,6 +39,11 @@ def run_class(cfg) -> dict:
     if cfg.mode == "export" and is_main():
         from engine.export import run_export
         run_export(cfg)
+    if is_main() and cfg.mode != "foreground":
+        from engine.report_page import write_report
+        page = write_report(cfg.output_dir)
+        if page:
+            log.info("report: %s", page)
     log.info("run directory: %s", cfg.output_dir)
     return results
 

@@ -1,11 +1,13 @@
-"""Dataset assembly for a run: sample lists, foreground masks (given or estimated), the pseudo-anomaly generator
-and the corrupt-file policy, from the run's config. The engine only loops over what this returns."""
+"""Dataset assembly for a run: the data group of the command line and, from the run's config, the sample lists,
+foreground masks (given or estimated), the pseudo-anomaly generator and the corrupt-file policy. The engine only
+loops over what this returns."""
 import functools
 import logging
 from dataclasses import replace
 from typing import List, Optional
 
 from datasets import registry
+from datasets.registry import DATASETS
 from datasets.dataset import AnomalyDataset
 from datasets.foreground import default_cache_dir, foreground_for
 from datasets.generators import get_generator
@@ -13,6 +15,32 @@ from datasets.samples import FolderSpec, Sample, make_samples
 from utils.errors import UserError
 
 log = logging.getLogger("patchguard")
+
+
+def add_data_arguments(parser):
+    """The data group of the command line: which dataset, where, its layout's options; returns the group."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", choices=tuple(DATASETS), default="mvtec")
+    g.add_argument("--class_name", default=None)
+    g.add_argument("--dataset_dir", default=None)
+    g.add_argument("--foreground_dir", help="folder of foreground masks named like the training images")
+    g.add_argument("--foreground", choices=("auto", "none"), default="auto",
+                   help="auto: foreground masks when present, else estimated offline (cached); none: whole image")
+    g.add_argument("--cache_dir", help="cache of estimated foreground masks (default $PATCHGUARD_CACHE or "
+                                       "~/.cache/patchguard; never inside the dataset)")
+    g.add_argument("--visa_split", choices=("csv", "foreground"), default="csv",
+                   help="VisA split: split_csv/1cls.csv, or the official rule (normals with a foreground mask train)")
+    g.add_argument("--nih_split", choices=("official", "random"), default="official",
+                   help="NIH: the released train_val/test lists (the paper's protocol), or a seeded split by patient")
+    g.add_argument("--on_corrupt", choices=("stop", "skip"), default="stop",
+                   help="unreadable image files: stop with an error, or skip them with a warning")
+    g.add_argument("--normal_dir", help="--dataset folder: normal images (training, and test unless --normal_test_dir)")
+    g.add_argument("--abnormal_dir", nargs="+", default=[],
+                   help="--dataset folder: one or more folders of anomalous test images")
+    g.add_argument("--mask_dir", nargs="+", default=[],
+                   help="--dataset folder: one or more folders of pixel masks named like the anomalous images")
+    g.add_argument("--normal_test_dir", help="--dataset folder: normal test images (else 20%% of --normal_dir)")
+    return g
 
 
 def samples(cfg, split: str) -> List[Sample]:

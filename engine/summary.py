@@ -30,6 +30,8 @@ def run_all_classes(cfg: RunConfig, run_class) -> None:
     setup_logging(cfg.output_dir)
     if rows:
         write_summary(cfg.output_dir, rows)
+    from engine.report_page import write_summary_report
+    log.info("report: %s", write_summary_report(cfg.output_dir, classes))
     if failed:
         raise UserError(f"{len(failed)} of {len(classes)} classes failed: " + " | ".join(failed))
 

@@ -16,12 +16,16 @@ from config import RunConfig
 from datasets.assembly import train_dataset
 from datasets.generators import get_generator
 from engine.common import loader, log, resolve_device
+from engine.report_page import save_training_plot
 from methods import get_method, stored_model_options
 from utils.checkpoint import load_state, read_checkpoint, save_checkpoint
 from utils.distributed import GradientAveraging, ShardedShuffle, barrier, is_main, same_on_all_ranks, sum_over_ranks
 from utils.errors import UserError
 from utils.io import atomic_write, ensure_writable_dir, write_json
 from utils.seed import rng_state, seed_everything, set_rng_state
+
+
+PLOT_EVERY = 30.0
 
 
 def refuse_to_overwrite(cfg: RunConfig) -> None:
@@ -90,6 +94,7 @@ def run_train(cfg: RunConfig) -> str:
                  "or --epsilon_train 0)")
 
     history_path = os.path.join(cfg.output_dir, "train.csv")
+    plotted = 0.0  # plots/training.png is redrawn at most every PLOT_EVERY seconds, and after the last epoch
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not cfg.tqdm, initial=start_epoch,
                   total=t.epochs, dynamic_ncols=True)
     for epoch in epochs:
@@ -121,6 +126,9 @@ def run_train(cfg: RunConfig) -> str:
         if not is_main():
             continue  # rank 0 alone writes
         _append_history(history_path, epoch + 1, mean_loss, lr, time.time() - start)
+        if time.time() - plotted >= PLOT_EVERY or epoch + 1 == t.epochs:
+            save_training_plot(cfg.output_dir)
+            plotted = time.time()
         state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(),
                      switched_to_pgd=cfg.train.train_attack != run_cfg.train.train_attack,
                      saliency=None if dataset.saliency is None else torch.from_numpy(dataset.saliency))

@@ -12,10 +12,11 @@ from torch.utils.data import Subset
 from config import RunConfig
 from datasets.assembly import test_dataset
 from engine.common import loader, log
+from engine.report_page import COUNT_IMAGES
 from engine.loading import load_for_evaluation
 from engine.scoring import make_attack, score_loader
 from utils.figures import FLAT_RANGE, heat_range, pyplot, save_figure
-from utils.io import atomic_write
+from utils.io import atomic_write, write_json
 
 
 def pick_indices(labels, n: int):
@@ -66,7 +67,9 @@ def run_visualization(cfg: RunConfig) -> str:
                         "attacked_score": float(adv["scores"][k]) if attacked else None})
     described = repr(attack) if attack is None else f"{attack!r} on {cfg.eval.attack_target} images"
     write_index(os.path.join(out_dir, "index.html"), entries, cfg, "none" if attack is None else described, flat)
-    method.extra_pictures(clean_all, out_dir, cfg.seed)
+    extra = method.extra_pictures(clean_all, out_dir, cfg.seed)
+    write_json(os.path.join(out_dir, "pictures.json"), {"entries": entries, "flat": flat, "attack": described,
+                                                         "extra": [os.path.basename(p) for p in extra]})
     log.info("wrote %d pictures and index.html to %s (%r)", len(entries), out_dir, attack)
     return out_dir
 
@@ -105,11 +108,12 @@ def write_index(path: str, entries, cfg: RunConfig, attack: str, flat: bool = Fa
         f'<tr class="{"anomalous" if e["label"] else "normal"}"><td>{k}</td>'
         f'<td>{html.escape(e["defect"])}</td><td>{html.escape(os.path.basename(e["image"]))}</td>'
         f'<td>{e["clean_score"]:.3f}</td><td>{_score(e["attacked_score"])}</td>'
-        f'<td><a href="{html.escape(e["file"])}"><img src="{html.escape(e["file"])}" loading="lazy"></a></td></tr>'
+        f'<td><a href="{html.escape(e["file"])}"><img src="{html.escape(e["file"])}"></a></td></tr>'
         for k, e in enumerate(entries))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>PatchGuard heatmaps: {html.escape(cfg.data.dataset)} / {html.escape(cfg.data.class_name)}</title>
+{COUNT_IMAGES}
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
 td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}

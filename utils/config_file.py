@@ -18,8 +18,11 @@ def config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
         raise UserError(f"{path} must hold a JSON object of option names and values")
     if any(isinstance(v, dict) for v in values.values()):
         values = flatten_run_config(values)
-    by_dest = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    by_option = {o.lstrip("-"): a for a in by_dest.values() for o in a.option_strings}
+    by_dest = {}
+    for a in parser._actions:  # a destination's own option first (--precision before its alias --bf16)
+        if a.dest not in ("help", "config"):
+            by_dest.setdefault(a.dest, a)
+    by_option = {o.lstrip("-"): a for a in parser._actions for o in a.option_strings if a.dest not in ("help", "config")}
     unknown = sorted(k for k in values if k not in by_dest and k not in by_option)
     if unknown:
         raise UserError(f"unknown keys in {path}: {', '.join(unknown)} (keys are option names, e.g. epochs, no_reg)")

@@ -31,6 +31,8 @@ def cuda_has_native_bf16() -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # older torch: no emulation argument
         return torch.cuda.get_device_capability()[0] >= 8
+    except RuntimeError:  # no usable driver after all
+        return False
 
 
 def choose_precision(requested: str, device_type: str, flags: FrozenSet[str], cuda_bf16: bool) -> Tuple[str, str]:
