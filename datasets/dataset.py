@@ -21,14 +21,16 @@ class AnomalyDataset(Dataset):
     Test items: image (3, S, S) in [0, 1], label, mask (S, S), has_mask, index.
     Train items (with `generator`): image, pseudo (pseudo-anomalous copy), pseudo_mask, patch_labels (N,), index.
     The pseudo-anomaly RNG is seeded from (seed, epoch, index): the same item is the same in any worker
-    and after a resume. Call `set_epoch` before each epoch.
+    and after a resume. Items are asked for by index (the epoch set by `set_epoch`) or by (index, epoch), which
+    is how workers that live across epochs learn the epoch. The attention saliency lives in shared memory, so
+    such workers see every refresh.
     """
 
     def __init__(self, samples: List[Sample], image_size: int, patch_size: int,
                  generator: Optional[PseudoAnomalyGenerator] = None, whole_image_foreground: bool = False,
                  seed: int = 0, skip_corrupt: bool = False):
         self.image_size, self.patch_size = image_size, patch_size
-        self.generator, self.seed, self.epoch, self.saliency = generator, seed, 0, None
+        self.generator, self.seed, self.epoch = generator, seed, 0
         self.use_foreground = generator is not None and not whole_image_foreground
         self.samples, self.images, self.masks, self.foregrounds, self.skipped = [], [], [], [], []
         for s in samples:
@@ -46,6 +48,9 @@ class AnomalyDataset(Dataset):
             self.foregrounds.append(fg)
         if not self.samples:
             raise UserError(f"no readable images among {len(samples)} (first: {samples[0].image if samples else '-'})")
+        grid = image_size // patch_size
+        self._saliency = torch.zeros(len(self.samples), grid, grid).share_memory_() if generator else None
+        self._has_saliency = torch.zeros(1, dtype=torch.bool).share_memory_()
 
     def _mask(self, s: Sample) -> Optional[np.ndarray]:
         if s.boxes:
@@ -65,12 +70,19 @@ class AnomalyDataset(Dataset):
     def set_saliency(self, maps: Optional[np.ndarray]) -> None:
         """(n, gh, gw) attention saliency per image, guiding the attention generator instead of the foreground
         masks; None goes back to the foreground (or uniform) sampling."""
-        self.saliency = maps
+        if maps is not None:
+            self._saliency.copy_(torch.as_tensor(np.asarray(maps, dtype=np.float32)))
+        self._has_saliency.fill_(maps is not None)
+
+    @property
+    def saliency(self) -> Optional[np.ndarray]:
+        return self._saliency.numpy() if bool(self._has_saliency) else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         image = self.images[index]
         if self.generator is None:
             mask = self.masks[index]
@@ -78,7 +90,7 @@ class AnomalyDataset(Dataset):
                     "mask": torch.from_numpy(np.array(mask) if mask is not None else
                                              np.zeros(image.shape[:2], bool)).float(),
                     "has_mask": mask is not None, "index": index}
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         guide = self.foregrounds[index] if self.saliency is None else self.saliency[index]
         pseudo, pmask = self.generator(image, guide, rng)
         return {"image": to_tensor(image), "pseudo": to_tensor(pseudo),

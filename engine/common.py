@@ -37,6 +37,9 @@ def resolve_device(name: str) -> torch.device:
     return local_device(name)
 
 
-def loader(dataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
+def loader(dataset, batch_size: int, num_workers: int, sampler=None, persistent: bool = False) -> DataLoader:
+    """`persistent`: the workers live across epochs (no start-up per epoch); what changes per epoch must then
+    reach them through the sampler's keys or shared memory (training: ShardedShuffle(tagged=True))."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False, drop_last=False)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=persistent and num_workers > 0,
+                      drop_last=False)

@@ -95,14 +95,15 @@ def run_train(cfg: RunConfig) -> str:
 
     history_path = os.path.join(cfg.output_dir, "train.csv")
     plotted = 0.0  # plots/training.png is redrawn at most every PLOT_EVERY seconds, and after the last epoch
+    sampler = ShardedShuffle(len(dataset), cfg.seed * 100003 + start_epoch, start_epoch, tagged=True)
+    batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers, sampler=sampler, persistent=True)
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not cfg.tqdm, initial=start_epoch,
                   total=t.epochs, dynamic_ncols=True)
     for epoch in epochs:
         dataset.set_epoch(epoch)
         generator.on_epoch(cfg.data.generator, epoch, dataset, model_attention(method, model, device),
                            cfg.data.train_batch_size)
-        batches = loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers,
-                         sampler=ShardedShuffle(len(dataset), cfg.seed * 100003 + epoch, epoch))
+        sampler.set_epoch(epoch, cfg.seed * 100003 + epoch)  # the workers live on: the epoch travels with the keys
         model.train()
         start, total, count = time.time(), 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not cfg.tqdm,

@@ -323,3 +323,18 @@ def test_seed_summary_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, c
         (tmp_path / f"s{seed}" / "config.json").write_text(json.dumps({"seed": seed, "train": {"lr": lr}}))
     one_line_error(capsys, cli.main(["--mode", "seeds", "--run_dirs", str(tmp_path / "s0"), str(tmp_path / "s1"),
                                      "--output_dir", str(tmp_path / "o")]), r"differ in more than the seed \(train.lr\)")
+
+
+def test_workers_that_live_across_epochs_see_each_epoch_and_each_saliency_refresh(tmp_path, demo_root):
+    """The same training with pseudo-anomalies made in the main process and in 2 persistent workers: bit-equal
+    weights, so the workers drew each epoch's anomalies (the epoch travels with the sampler's keys) and used every
+    saliency refresh (shared memory), not the state they started with."""
+    base = ["--mode", "train", "--method", "casa", "--dataset", "demo", "--class_name", "widget", "--dataset_dir",
+            demo_root, *[a for a in TINY if a not in ("--num_workers", "0")], "--epochs", "3",
+            "--train_batch_size", "16", "--saliency_warmup", "1", "--saliency_every", "1", "--casa_head_hidden", "16"]
+    for workers in ("0", "2"):
+        assert cli.main([*base, "--num_workers", workers, "--output_dir", str(tmp_path / workers)]) == 0
+    a, b = (torch.load(tmp_path / w / "checkpoints" / "casa_demo_widget.pth", weights_only=True)["model"]
+            for w in ("0", "2"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)

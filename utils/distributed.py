@@ -59,10 +59,14 @@ def local_device(name: str) -> torch.device:
 class ShardedShuffle(Sampler):
     """The single-process shuffle (randperm with a per-epoch seed), dealt out round-robin to the ranks: with a
     per-rank batch b, global batch k over N ranks = single-process batch k of size N * b. Padded by wrapping so
-    every rank gets the same number of samples."""
+    every rank gets the same number of samples. `tagged`: yields (index, epoch), so DataLoader workers that live
+    across epochs know the epoch; `set_epoch` moves a sampler that lives across epochs on."""
 
-    def __init__(self, size: int, seed: int, epoch: int):
-        self.size, self.seed, self.epoch = size, seed, epoch
+    def __init__(self, size: int, seed: int, epoch: int, tagged: bool = False):
+        self.size, self.seed, self.epoch, self.tagged = size, seed, epoch, tagged
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch, self.seed = epoch, seed
 
     def _indices(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
@@ -71,7 +75,8 @@ class ShardedShuffle(Sampler):
         return order[rank()::world]
 
     def __iter__(self):
-        return iter(self._indices())
+        indices = self._indices()
+        return iter([(i, self.epoch) for i in indices] if self.tagged else indices)
 
     def __len__(self) -> int:
         return -(-self.size // world_size())
@@ -150,8 +155,8 @@ def default_workers(device: str, class_processes: int = 0) -> int:
     CPU: 2; the model's own compute needs the cores, and a sample's pseudo-anomaly costs under 1% of its PGD-10
     training there. GPU: one 224 px sample takes ~11 ms on a core, and an H200 trains on one in 4 ms (FGSM-RS,
     bf16) to 26 ms (PGD-10, fp32), so: every core this process may use but one (the one feeding the GPU), divided
-    among this node's GPU processes (torchrun ranks or --devices classes), at most 8 (more only add start-up
-    time: workers start again every epoch)."""
+    among this node's GPU processes (torchrun ranks or --devices classes), at most 8 (more only add memory and
+    start-up time; the training workers start once and live across epochs)."""
     if device != "cuda" or not torch.cuda.is_available():
         return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
