@@ -12,7 +12,7 @@ returns one tensor (B, ...); attributes `cfg` (a frozen dataclass with `image_si
 """
 import argparse
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Protocol, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,17 +28,17 @@ class Outputs:
     features: Optional[torch.Tensor] = None  # (B, D) image features for the method's extra pictures, if any
 
 
-class Adapter:
+class Adapter(Protocol):
     """Test-time adaptation that never changes the model: `__call__(images)` returns the raw outputs of the model
     adapted on these images (labels are never seen). `differentiable=True` keeps the adaptation in the autograd
     graph (for an attacker that attacks through it); `update=False` leaves an online adapter's state as it was.
-    `reset()` starts a new test setting from the trained weights."""
+    `reset()` starts a new test setting from the trained weights. `attackers`: the attacked rows it is reported
+    with ("unaware": the attack sees the trained model; "adaptive": it attacks through the adaptation)."""
+    attackers: Tuple[str, ...]
 
-    def __call__(self, images: torch.Tensor, differentiable: bool = False, update: bool = True) -> torch.Tensor:
-        raise NotImplementedError
+    def __call__(self, images: torch.Tensor, differentiable: bool = False, update: bool = True) -> torch.Tensor: ...
 
-    def reset(self) -> None:
-        raise NotImplementedError
+    def reset(self) -> None: ...
 
 
 class Method:

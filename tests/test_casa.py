@@ -15,7 +15,7 @@ from datasets.pseudo_anomaly import patch_labels
 from models.casa import CaSA, CaSAConfig, attention_entropy
 from losses.casa_loss import casa_attack_loss
 from models.tta import EntropyMomentTTA, adapted_parameters, moment_objective
-from tests.conftest import MPDD, SHARED
+from tests.conftest import MPDD
 from tests.test_cli import TINY
 
 
@@ -338,3 +338,32 @@ def test_workers_that_live_across_epochs_see_each_epoch_and_each_saliency_refres
             for w in ("0", "2"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_the_adapter_sees_the_attacked_images_only_never_the_labels(casa_with_statistics):
+    """A labelled attack with TTA: what the adapter scored is a function of the (attacked) images alone; flipping
+    the labels changes the attack, and the adapter's outputs follow its images, nothing else."""
+    from attacks import PGD
+    from engine.scoring import score_loader
+    from methods import get_method
+    model = casa_with_statistics
+    tta = EntropyMomentTTA(model, "layernorm", lr=1e-2, steps=2)
+    seen = []
+
+    def spy(images, **kwargs):
+        seen.append((images.detach().clone(), kwargs))
+        return tta(images, **kwargs)
+    spy.reset, spy.attackers = tta.reset, tta.attackers
+    x = torch.rand(4, 3, 32, 32)
+    batch = {"image": x, "label": torch.tensor([0, 1, 0, 1]), "mask": torch.zeros(4, 32, 32),
+             "has_mask": torch.zeros(4, dtype=torch.bool)}
+    attack = PGD(model, 8 / 255, 2, loss_fn=casa_attack_loss)
+    for labels in (batch["label"], 1 - batch["label"]):
+        out = score_loader(get_method("casa"), model, [dict(batch, label=labels)], torch.device("cpu"), False,
+                           attack, show=False, keep_images=True, adapter=spy)
+        images, kwargs = seen[-1]
+        assert kwargs == {} and torch.equal(images, out["images"])  # called with the scored images, nothing more
+        with torch.no_grad():
+            again = tta(images)
+        np.testing.assert_allclose(out["scores"], again[:, 0].numpy(), rtol=0, atol=1e-6)
+    assert not torch.equal(seen[0][0], seen[1][0])  # the labels did change the attack

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.test_cli import TINY, demo_args, one_line_error, run
+from tests.test_cli import demo_args, one_line_error, run
 
 CASA_TINY = ["--backbone", "test_vit", "--image_size", "32", "--patch_size", "8", "--device", "cpu",
              "--num_workers", "0", "--no_tqdm", "--casa_head_hidden", "16"]
@@ -65,13 +65,12 @@ def test_export_mistakes_are_one_line(tmp_path, demo_root, capsys, exported):
     import onnx
     name, args, out = exported
     one_line_error(capsys, run("--mode", "export", *demo_args(demo_root, tmp_path / "none")), "checkpoint not found")
-    if os.getuid() != 0:  # root writes anywhere
-        locked = tmp_path / "locked"
-        shutil.copytree(out / "checkpoints", locked / "checkpoints")
-        (locked / "export").mkdir()
-        os.chmod(locked / "export", 0o500)
-        one_line_error(capsys, run("--mode", "export", *[a if a != str(out) else str(locked) for a in args]),
-                       "not writable")
+    blocked = tmp_path / "blocked"  # a file where the export folder should be: unwritable, even for root
+    shutil.copytree(out / "checkpoints", blocked / "checkpoints")
+    (blocked / "export").write_text("a file, not a folder")
+    one_line_error(capsys, run("--mode", "export", *[a if a != str(out) else str(blocked) for a in args]),
+                   "export is not writable")
+    assert (blocked / "export").read_text() == "a file, not a folder"
     model = onnx.load(str(out / "export" / "model.onnx"))
     for p in model.metadata_props:
         if p.key == "input_size":

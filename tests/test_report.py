@@ -65,3 +65,20 @@ def test_class_all_report_links_each_class(tmp_path, demo_root):
     page = (out / "report.html").read_text()
     assert 'href="bottle/report.html"' in page and 'href="screw/report.html"' in page and "mean" in page
     assert (out / "bottle" / "report.html").exists()
+
+
+def test_a_flat_map_is_said_and_drawn_on_a_fixed_range(tmp_path):
+    """Maps that span less than 1e-3 (an untrained attention map): a fixed range of width 1, and the report says so."""
+    import numpy as np
+
+    from engine.report_page import write_report
+    from utils.figures import heat_range
+    maps = np.full((4, 8, 8), 0.25, np.float32) + np.random.default_rng(0).random((4, 8, 8)).astype(np.float32) * 1e-6
+    lo, hi, flat = heat_range(maps)
+    assert flat and hi - lo == pytest.approx(1.0) and lo < 0.25 < hi
+    lo, hi, flat = heat_range(np.linspace(0, 1, 256).reshape(4, 8, 8))
+    assert not flat and lo == pytest.approx(0.01, abs=1e-3) and hi == pytest.approx(0.999, abs=1e-3)
+    (tmp_path / "visualization").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"method": "casa", "data": {"dataset": "nih", "class_name": "nih"}}))
+    (tmp_path / "visualization" / "pictures.json").write_text(json.dumps({"entries": [], "flat": True, "attack": "none"}))
+    assert "Flat map" in open(write_report(str(tmp_path))).read()
