@@ -17,11 +17,11 @@ from utils.io import atomic_write
 
 COLUMNS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"),
            ("image F1max", "image_f1_max"))
-STYLE = """body { font-family: sans-serif; margin: 1.5em; max-width: 1300px; } table { border-collapse: collapse; }
-td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; } td:first-child, th:first-child
-{ text-align: left; } tr.sub td { color: #666; font-size: 90%; } img.plot { max-width: 48%; margin: 4px; }
-img.thumb { width: min(1100px, 95%); margin: 3px 0; display: block; } .flat { color: #b00; font-weight: bold; } pre { background: #f6f6f6;
-padding: 8px; overflow-x: auto; font-size: 85%; }"""
+STYLE = """body { font-family: sans-serif; margin: 1.5em; max-width: 1300px; }
+table { border-collapse: collapse; } td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }
+td:first-child, th:first-child { text-align: left; } tr.sub td { color: #666; font-size: 90%; }
+img.plot { max-width: 48%; margin: 4px; } img.thumb { width: min(1100px, 95%); margin: 3px 0; display: block; }
+.flat { color: #b00; font-weight: bold; } pre { background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 85%; }"""
 COUNT_IMAGES = """<script>window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   document.body.dataset.imagesTotal = imgs.length;
