@@ -79,7 +79,8 @@ def setting_key(cfg: RunConfig, model, name: str, eps: float, steps: int, tta, a
     d = cfg.data
     key = {"data": f"{d.dataset}/{d.class_name} at {os.path.abspath(d.dataset_dir)}", "attack": name,
            "eps_255": round(eps * 255, 6), "steps": steps,
-           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "precision": cfg.precision, "tta": repr(tta) if tta else None,
+           **{k: getattr(model.cfg, k) for k in READOUT_KEYS}, "precision": cfg.precision,
+           "tta": repr(tta) if tta else None,
            "evaluation": EVALUATION_VERSION}
     if name != "none":
         e = cfg.eval
@@ -188,7 +189,8 @@ def run_setting(cfg: RunConfig, method, model, device, batches, has_masks: bool,
     pred = gather_in_order(pred, shard)  # all ranks' scores and maps, in test-set order
     t1 = time.time()
     setting = {"attack": name, "eps": eps, "eps_255": eps * 255, "steps": steps, "tta": adapter is not None,
-               "attacker": attacker, "objective": objective, **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
+               "attacker": attacker, "objective": objective,
+               **evaluate(pred["scores"], pred["labels"], pred["maps"], pred["masks"], has_masks)}
     if any(g is not None for g in groups):  # e.g. NIH patient sex: the same metrics within each group
         groups = np.array([str(g) for g in groups])
         setting["subgroups"] = {
