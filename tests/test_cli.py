@@ -11,7 +11,8 @@ import main as cli
 from tests.conftest import FIXTURE, MPDD
 
 TINY = ["--backbone", "test_vit", "--feature_layers", "6", "--reg_layers", "2", "4", "6", "--image_size", "32",
-        "--patch_size", "8", "--hidden_dim", "64", "--device", "cpu", "--num_workers", "0", "--no_tqdm"]
+        "--patch_size", "8", "--hidden_dim", "64", "--device", "cpu", "--num_workers", "0", "--no_tqdm",
+        "--precision", "fp32"]  # tests that compare numbers pin fp32 (--precision auto may pick bf16)
 
 
 def run(*args):

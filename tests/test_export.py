@@ -9,7 +9,7 @@ import pytest
 from tests.test_cli import demo_args, one_line_error, run
 
 CASA_TINY = ["--backbone", "test_vit", "--image_size", "32", "--patch_size", "8", "--device", "cpu",
-             "--num_workers", "0", "--no_tqdm", "--casa_head_hidden", "16"]
+             "--num_workers", "0", "--no_tqdm", "--casa_head_hidden", "16", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module", params=["patchguard", "casa"])

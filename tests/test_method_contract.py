@@ -78,8 +78,8 @@ def test_a_third_method_runs_train_test_and_pictures_through_the_engine(tmp_path
     out = tmp_path / "run"
     args = ["--method", "patch_classifier", "--pc_width", "4", "--dataset", "demo", "--class_name", "widget",
             "--dataset_dir", demo_root, "--output_dir", str(out), "--image_size", "32", "--patch_size", "8",
-            "--device", "cpu", "--num_workers", "0", "--no_tqdm", "--epochs", "2", "--train_batch_size", "16",
-            "--epsilon_test", "8", "--step_test", "2", "--num_visualization", "3", "--step_visualization", "1"]
+            "--device", "cpu", "--precision", "fp32", "--num_workers", "0", "--no_tqdm", "--epochs", "2",
+            "--train_batch_size", "16", "--epsilon_test", "8", "--step_test", "2", "--num_visualization", "3", "--step_visualization", "1"]
     assert cli.main(["--mode", "train", *args]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "patch_classifier" and config["method_options"]["model"]["width"] == 4
