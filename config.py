@@ -154,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda falls back to cpu when absent")
     g.add_argument("--devices", type=int, nargs="+", default=[],
                    help="--class_name all: run one class per listed GPU at a time, each in its own process")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16 autocast of the model's matrix products where the hardware has native bf16 (CUDA "
-                        "compute capability >= 8, CPUs with AMX / AVX-512 bf16), else fp32; auto picks bf16 there. "
-                        "Attack steps and projections stay fp32")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast of the model's matrix products where the hardware has native bf16 "
+                        "(CUDA compute capability >= 8, CPUs with AMX / AVX-512 bf16), fp32 elsewhere; bf16 asks for "
+                        "it (fp32 where not native). Attack steps and projections stay fp32")
     g.add_argument("--bf16", action="store_const", const="bf16", dest="precision", help="--precision bf16")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward/backward inside attacks (training and test); the first "

@@ -46,6 +46,7 @@ def test_old_config_json_repeats_the_run(name):
     assert cfg.method == name and method.build_model(cfg.method_options.model).cfg == model.cfg
     old = json.load(open(os.path.join(LEGACY, f"{name}_config.json")))
     assert cfg.train.epochs == old["train"]["epochs"] and cfg.seed == old["seed"]
+    assert old["bf16"] is False and cfg.precision == "fp32"  # what that run ran, not today's default (auto)
     if name == "casa":
         assert cfg.method_options.tta_lr == old["casa"]["tta_lr"]
         assert cfg.data.generator.saliency_warmup == old["data"]["saliency_warmup"]

@@ -139,7 +139,8 @@ def test_config_file_keys_are_option_names_and_booleans_are_strict(tmp_path, cap
                                                  "random_start": "false", "bf16": False}))
     cfg = parse_config(["--config", str(tmp_path / "c.json")])
     assert not cfg.tqdm and not cfg.method_options.use_reg and not cfg.train.adv_train and not cfg.eval.adv_test
-    assert cfg.method_options.model.backbone == "vit_tiny_patch16_224" and cfg.eval.random_start is False and cfg.precision == "fp32"
+    assert cfg.method_options.model.backbone == "vit_tiny_patch16_224" and cfg.eval.random_start is False
+    assert cfg.precision_reason.startswith("--precision auto")  # a flag's key false: the flag not given
     (tmp_path / "d.json").write_text(json.dumps({**base, "use_reg": False, "random_start": "false"}))
     cfg = parse_config(["--config", str(tmp_path / "d.json")])
     assert not cfg.method_options.use_reg and not cfg.eval.random_start

@@ -61,6 +61,8 @@ def flatten_run_config(run: dict) -> dict:
     for k, v in run.items():
         if isinstance(v, dict):
             flat.update(flatten_run_config(v))
+        elif k == "bf16" and isinstance(v, bool):  # runs before --precision: what ran
+            flat["precision"] = "bf16" if v else "fp32"
         elif k not in RUN_ONLY_KEYS and v is not None:
             if k in IN_255_UNITS:
                 v = [x * 255 for x in v] if isinstance(v, (list, tuple)) else v * 255
