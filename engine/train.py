@@ -139,6 +139,7 @@ def run_train(cfg: RunConfig) -> str:
                             epoch=epoch)
         if not cfg.tqdm or (epoch + 1) % max(1, t.epochs // 10) == 0 or epoch + 1 == t.epochs:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", epoch + 1, t.epochs, mean_loss, lr, time.time() - start)
+    del batches  # its workers end here, not whenever the loader is collected
     dataset.set_epoch(t.epochs)  # a fresh synthetic copy of each training image for the method's statistics
     method.after_training(model, loader(dataset, cfg.data.train_batch_size, cfg.data.num_workers), cfg, device)
     if is_main():
