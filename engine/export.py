@@ -55,7 +55,7 @@ def run_export(cfg: RunConfig) -> str:
     model = model.cpu().eval()
     deployable = Deployable(method, model).eval()
     size = model.cfg.image_size
-    reference = normal_reference(cfg, method, model, torch.device("cpu"))
+    reference = normal_reference(cfg, method, model, torch.device("cpu"), bf16=False)  # as the graph: fp32
     example = torch.rand(2, 3, size, size)
     try:
         program = torch.onnx.export(deployable, (example,), dynamo=True, opset_version=OPSET,
@@ -66,8 +66,8 @@ def run_export(cfg: RunConfig) -> str:
     proto = program.model_proto
     metadata = {"method": method.name, "input_size": str(size), "threshold": repr(reference["threshold"]),
                 "threshold_quantile": repr(cfg.eval.threshold_quantile), "threshold_from": reference["source"],
-                "heat_range": json.dumps(reference["heat_range"]), "checkpoint": os.path.abspath(checkpoint_path(cfg)),
-                "config": json.dumps(cfg.as_dict())}
+                "heat_range": json.dumps(reference["heat_range"]), "flat": str(reference["flat"]),
+                "checkpoint": os.path.abspath(checkpoint_path(cfg)), "config": json.dumps(cfg.as_dict())}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -42,12 +42,12 @@ def _threshold_images(cfg: RunConfig):
     return [s.image for s in samples(cfg, "train")], "normal training images"
 
 
-def normal_reference(cfg: RunConfig, method, model, device) -> dict:
+def normal_reference(cfg: RunConfig, method, model, device, bf16: bool) -> dict:
     """Threshold (a quantile of normal images' scores) and heatmap colour range (their maps' 1st to 99.9th
-    percentile) from normal images scored by the PyTorch model."""
+    percentile) from normal images scored by the PyTorch model (in the precision the scores will be made in)."""
     paths, source = _threshold_images(cfg)
     normal = score_loader(method, model, loader(_dataset(paths, model.cfg.image_size, cfg, model.patch_size),
-                                                cfg.data.test_batch_size, cfg.data.num_workers), device, cfg.bf16,
+                                                cfg.data.test_batch_size, cfg.data.num_workers), device, bf16,
                           show=False)
     return _reference(normal["scores"], normal["maps"], cfg.eval.threshold_quantile, source)
 
@@ -102,13 +102,13 @@ def run_predict(cfg: RunConfig) -> dict:
         else:
             m = scorer.meta
             lo, hi = json.loads(m["heat_range"])
-            reference = {"threshold": float(m["threshold"]), "heat_range": [lo, hi], "flat": False,
+            reference = {"threshold": float(m["threshold"]), "heat_range": [lo, hi], "flat": m.get("flat") == "True",
                          "source": f"{m.get('threshold_from', 'export')} (stored in {e.onnx})",
                          "count": None, "quantile": float(m.get("threshold_quantile", e.threshold_quantile))}
         pred = scorer.score(ds, cfg.data.test_batch_size)
     else:
         method, model, device = load_for_evaluation(cfg)
-        reference = normal_reference(cfg, method, model, device)
+        reference = normal_reference(cfg, method, model, device, cfg.bf16)
         ds = _dataset(images, model.cfg.image_size, cfg, model.patch_size)
         pred = score_loader(method, model, loader(ds, cfg.data.test_batch_size, cfg.data.num_workers), device,
                             cfg.bf16, show=cfg.tqdm, desc="scoring")

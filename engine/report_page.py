@@ -95,8 +95,9 @@ def write_report(run_dir: str) -> Optional[str]:
             f"{data.get('dataset', metrics and metrics.get('dataset'))} / " \
             f"{data.get('class_name', metrics and metrics.get('class_name'))}"
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    if os.path.exists(os.path.join(run_dir, "train.csv")):
-        save_training_plot(run_dir)
+    history, plot = os.path.join(run_dir, "train.csv"), os.path.join(run_dir, "plots", "training.png")
+    if os.path.exists(history) and (not os.path.exists(plot) or os.path.getmtime(plot) < os.path.getmtime(history)):
+        save_training_plot(run_dir)  # training draws it as it goes; only a stale or missing one is redrawn
     plots = [p for p in ("training.png", "auroc_vs_eps.png", "auroc_vs_steps.png")
              if os.path.exists(os.path.join(run_dir, "plots", p))]
     if "training.png" in plots:

@@ -45,10 +45,11 @@ def refuse_to_overwrite(cfg: RunConfig) -> None:
             other = json.load(f).get("method", "patchguard")
     except (OSError, ValueError, AttributeError):
         other = "unknown"
-    if other != cfg.method or os.path.exists(os.path.join(cfg.output_dir, "metrics.json")):
+    results = os.path.exists(os.path.join(cfg.output_dir, "metrics.json"))
+    if other != cfg.method or results:
         raise UserError(f"{cfg.output_dir} holds the record of a {other} run (config.json"
-                        f"{', metrics.json' if os.path.exists(os.path.join(cfg.output_dir, 'metrics.json')) else ''}); "
-                        f"train into a new --output_dir, or replace it with --overwrite")
+                        f"{', metrics.json' if results else ''}); train into a new --output_dir, or replace it "
+                        f"with --overwrite")
 
 
 def run_train(cfg: RunConfig) -> str:

@@ -105,3 +105,11 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
+
+
+class ViTSaliency:
+    """Mixin for methods whose model holds its ViT as `feature_extractor`: the class token's attention as saliency."""
+
+    def saliency(self, model: nn.Module, images: torch.Tensor, layer_reduce: str, head_reduce: str) -> torch.Tensor:
+        from models.saliency import saliency
+        return saliency(model.feature_extractor, images, layer_reduce, head_reduce)

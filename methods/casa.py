@@ -8,7 +8,7 @@ import torch
 
 from attacks import training_attack
 from losses.casa_loss import ATTACK_OBJECTIVES, casa_attack_loss, casa_loss
-from methods.base import Method, Outputs
+from methods.base import Method, Outputs, ViTSaliency
 from models.casa import CaSA, CaSAConfig
 from models.tta import OPTIMIZERS, PARAM_SETS, EntropyMomentTTA
 from models.backbone import backbone_for
@@ -49,7 +49,7 @@ def fit_entropy_statistics(model: CaSA, batches, device) -> None:
     model.has_statistics.fill_(True)
 
 
-class CaSAMethod(Method):
+class CaSAMethod(ViTSaliency, Method):
     name = "casa"
     options_class = CaSAOptions
     model_options_class = CaSAConfig
@@ -142,10 +142,6 @@ class CaSAMethod(Method):
 
     def after_training(self, model: CaSA, batches, cfg, device) -> None:
         fit_entropy_statistics(model, batches, device)
-
-    def saliency(self, model: CaSA, images, layer_reduce: str, head_reduce: str):
-        from models.saliency import saliency
-        return saliency(model.feature_extractor, images, layer_reduce, head_reduce)
 
     def read_out(self, model: CaSA, outputs) -> Outputs:
         return Outputs(image_scores=model.image_scores(outputs), patch_map=model.patch_map(outputs))

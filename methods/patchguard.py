@@ -7,7 +7,7 @@ import torch
 
 from attacks import patch_margin_loss, training_attack
 from losses.patchguard_loss import patchguard_loss
-from methods.base import Method, Outputs
+from methods.base import Method, Outputs, ViTSaliency
 from models.patchguard import PatchGuard, PatchGuardConfig
 from models.backbone import backbone_for
 from utils.errors import UserError
@@ -22,7 +22,7 @@ class PatchGuardOptions:
     reg_weights: Tuple[float, ...] = (0.005, 0.01, 0.05)
 
 
-class PatchGuardMethod(Method):
+class PatchGuardMethod(ViTSaliency, Method):
     name = "patchguard"
     options_class = PatchGuardOptions
     model_options_class = PatchGuardConfig
@@ -96,10 +96,6 @@ class PatchGuardMethod(Method):
         return loss.item()
 
     attack_loss = staticmethod(patch_margin_loss)
-
-    def saliency(self, model: PatchGuard, images, layer_reduce: str, head_reduce: str):
-        from models.saliency import saliency
-        return saliency(model.feature_extractor, images, layer_reduce, head_reduce)
 
     def read_out(self, model: PatchGuard, outputs) -> Outputs:
         return Outputs(image_scores=model.image_scores(outputs), patch_map=outputs)

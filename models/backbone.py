@@ -68,7 +68,10 @@ def read_weights(path: str) -> dict:
             from safetensors.torch import load_file
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: reading the keys to infer the architecture costs no full read
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (non-zip) file cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign file
         raise UserError(f"cannot read backbone weights {path}: {e}") from None
     for key in ("state_dict", "model"):
